@@ -1,0 +1,1 @@
+"""ezipc_adapters: drivers of ezipc_proto over real transports (work in progress)."""

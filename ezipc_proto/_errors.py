@@ -1,0 +1,58 @@
+"""Error codes and the exceptions of the protocol core."""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["ErrorCode", "ProtocolError", "LocalProtocolError", "RemoteProtocolError"]
+
+
+class ErrorCode(enum.IntEnum):
+    """Error codes: the JSON-RPC 2.0 specification's, LSP's cancellation, and ezipc's own.
+
+    ezipc's own codes sit in -32000..-32099, the range the specification leaves to
+    implementations; they follow jsonrpsee's numbering where it has one and avoid the
+    codes LSP and MCP give other meanings (-32001, -32002).
+    """
+
+    PARSE_ERROR = -32700  #: the text is not valid JSON (or not valid UTF-8)
+    INVALID_REQUEST = -32600  #: valid JSON, but not a valid request object
+    METHOD_NOT_FOUND = -32601
+    INVALID_PARAMS = -32602
+    INTERNAL_ERROR = -32603
+
+    SERVER_ERROR = -32000  #: a generic implementation-defined error
+    MESSAGE_TOO_LARGE = -32007  #: a message exceeded ``max_message_size``
+    SERVER_BUSY = -32009  #: a connection, pending-request or in-flight limit was reached
+    BATCH_TOO_LARGE = -32010  #: a batch exceeded ``max_batch_size``
+    UNAUTHORIZED = -32030  #: authentication is required and has not succeeded
+    SHUTTING_DOWN = -32031  #: the server is shutting down and did not finish the request
+
+    REQUEST_CANCELLED = -32800  #: LSP: the request was cancelled
+
+
+class ProtocolError(Exception):
+    """Base class of the core's errors.
+
+    ``error_code`` hints which JSON-RPC error code to answer with, if anything is
+    answered at all (an adapter may send ``Error(None, exc.error_code, str(exc))``
+    before it closes a connection whose peer broke the framing).
+    """
+
+    def __init__(self, msg: str, error_code: int = ErrorCode.INTERNAL_ERROR) -> None:
+        super().__init__(msg)
+        self.error_code = error_code
+
+
+class LocalProtocolError(ProtocolError):
+    """You asked the connection to send something illegal. Nothing was written and the
+    connection's state did not change, so the caller may try something else."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer broke the framing in a way that cannot be recovered from. The receiving
+    side of the connection is in the ``ERROR`` state: ``next_event`` raises again, but
+    ``send`` still works so that a last error reply can be written."""
+
+    def __init__(self, msg: str, error_code: int = ErrorCode.PARSE_ERROR) -> None:
+        super().__init__(msg, error_code)

@@ -1,0 +1,212 @@
+"""The events: what a peer sent us, and what we ask the connection to send.
+
+Events are values: frozen, slotted dataclasses, validated when built. The parser builds
+them through private constructors that skip re-validation (it has just checked the same
+things on the decoded message, and the check is a measurable share of decoding).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Literal, Union
+
+from ._errors import LocalProtocolError
+
+__all__ = [
+    "Id",
+    "Params",
+    "Request",
+    "Notification",
+    "Response",
+    "Error",
+    "Cancel",
+    "InvalidMessage",
+    "Closed",
+    "Event",
+    "NeedData",
+    "NEED_DATA",
+]
+
+#: A request id. We send only ``int`` and ``str``; a peer may also use a fractional
+#: number or ``null``, which the specification discourages but allows, and is answered
+#: with exactly that id. Never a ``bool``.
+Id = Union[str, int, float, None]
+#: Parameters: by position, by name, or absent (``None``).
+Params = Union[list[Any], dict[str, Any], None]
+
+
+class NeedData(enum.Enum):
+    """The type of :data:`NEED_DATA`; ``if event is NEED_DATA`` narrows the type."""
+
+    NEED_DATA = "NEED_DATA"
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+    __str__ = __repr__
+
+
+#: Returned by :meth:`Connection.next_event` when it needs more bytes.
+NEED_DATA: Literal[NeedData.NEED_DATA] = NeedData.NEED_DATA
+
+
+def _check_id(id: object, what: str) -> None:
+    if id is not None and (isinstance(id, bool) or not isinstance(id, (str, int, float))):
+        raise LocalProtocolError(f"{what} id must be a str, int, float or None, not {type(id).__name__}")
+
+
+def _check_method(method: object) -> None:
+    if not isinstance(method, str):
+        raise LocalProtocolError(f"method must be a str, not {type(method).__name__}")
+
+
+def _check_params(params: object) -> None:
+    if params is not None and not isinstance(params, (list, dict)):
+        raise LocalProtocolError(
+            f"params must be a list, a dict or None (absent), not {type(params).__name__}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A call that expects exactly one :class:`Response` or :class:`Error` with its ``id``."""
+
+    method: str
+    params: Params = None
+    id: Id = None
+
+    def __post_init__(self) -> None:
+        _check_method(self.method)
+        _check_params(self.params)
+        _check_id(self.id, "request")
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """A call that is never answered."""
+
+    method: str
+    params: Params = None
+
+    def __post_init__(self) -> None:
+        _check_method(self.method)
+        _check_params(self.params)
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A successful answer; ``result`` may be ``None`` (JSON ``null``)."""
+
+    id: Id
+    result: Any = None
+
+    def __post_init__(self) -> None:
+        _check_id(self.id, "response")
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """An error answer. ``id`` is ``None`` when the request's id could not be read."""
+
+    id: Id
+    code: int
+    message: str
+    data: Any = None
+
+    def __post_init__(self) -> None:
+        _check_id(self.id, "error")
+        if isinstance(self.code, bool) or not isinstance(self.code, int):
+            raise LocalProtocolError(f"error code must be an int, not {type(self.code).__name__}")
+        if not isinstance(self.message, str):
+            raise LocalProtocolError(f"error message must be a str, not {type(self.message).__name__}")
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Cancellation of a request that is still in flight.
+
+    Sent, it tells the peer we no longer want the answer to our request ``id`` (as the
+    connection's cancellation profile writes it) and drops the late answer quietly.
+    Received, it says the peer no longer wants the answer to its request ``id``; the
+    application still answers that request once (usually with
+    ``ErrorCode.REQUEST_CANCELLED``), and the connection writes that answer or not, as the
+    peer's protocol asks (LSP: written; MCP: not).
+    """
+
+    id: Id
+
+    def __post_init__(self) -> None:
+        _check_id(self.id, "cancel")
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidMessage:
+    """The peer sent something that is not valid JSON-RPC; received only.
+
+    ``error`` describes the fault as the error the specification prescribes (code,
+    message, and the offending message's id when it could be read). ``reply`` holds the
+    framed bytes to write to the peer now, ready made: usually that error, ``b""`` when
+    nothing is owed (an invalid response, a response to an id nobody asked, or a batch
+    member whose error travels later in the batch's reply), or a whole batch reply when
+    this member completes it. Writing ``reply`` is all an application has to do.
+    """
+
+    error: Error
+    reply: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """Received: the peer closed its side (EOF). ``unfinished`` holds the bytes of a
+    message that the close cut off, if any. Sent: we will send nothing more."""
+
+    unfinished: bytes = b""
+
+
+Event = Union[Request, Notification, Response, Error, Cancel, InvalidMessage, Closed]
+
+# Private fast constructors for the parser: the slot descriptors' setters skip both
+# __init__'s validation and frozen dataclasses' object.__setattr__ round trip.
+_new = object.__new__
+
+
+def _setters(cls: type, *names: str) -> tuple[Any, ...]:
+    return tuple(cls.__dict__[name].__set__ for name in names)
+
+
+_req_method, _req_params, _req_id = _setters(Request, "method", "params", "id")
+_not_method, _not_params = _setters(Notification, "method", "params")
+_res_id, _res_result = _setters(Response, "id", "result")
+_err_id, _err_code, _err_message, _err_data = _setters(Error, "id", "code", "message", "data")
+
+
+def _request(method: str, params: Params, id: Id) -> Request:
+    ev = _new(Request)
+    _req_method(ev, method)
+    _req_params(ev, params)
+    _req_id(ev, id)
+    return ev
+
+
+def _notification(method: str, params: Params) -> Notification:
+    ev = _new(Notification)
+    _not_method(ev, method)
+    _not_params(ev, params)
+    return ev
+
+
+def _response(id: Id, result: Any) -> Response:
+    ev = _new(Response)
+    _res_id(ev, id)
+    _res_result(ev, result)
+    return ev
+
+
+def _error(id: Id, code: int, message: str, data: Any) -> Error:
+    ev = _new(Error)
+    _err_id(ev, id)
+    _err_code(ev, code)
+    _err_message(ev, message)
+    _err_data(ev, data)
+    return ev
