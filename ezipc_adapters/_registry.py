@@ -1,0 +1,213 @@
+"""The method registry both adapters share: registration, binding params to a handler's
+signature, and turning a handler's outcome into an answer event."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, overload
+
+from ezipc_proto import Error, ErrorCode, Id, Params, Response
+
+from ._errors import RemoteError
+
+__all__ = ["Handler", "Hooks", "InvalidParams", "error_answer", "log"]
+
+log = logging.getLogger("ezipc")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_POK = inspect.Parameter.POSITIONAL_OR_KEYWORD
+_KW = inspect.Parameter.KEYWORD_ONLY
+_EMPTY = inspect.Parameter.empty
+
+
+class InvalidParams(Exception):
+    """The params do not fit the handler's signature (answered with -32602)."""
+
+
+class Handler:
+    """A registered function with its parameter binder prepared once.
+
+    Binding: a list binds by position, a dict by name, absent params bind nothing; a
+    parameter named ``remote`` is not bound from params but receives the calling
+    ``Remote``. The common signature (plain positional-or-keyword parameters) is bound by
+    a fast path; anything else (``*args``, ``**kwargs``, keyword-only, positional-only)
+    goes through ``inspect.Signature.bind``.
+    """
+
+    __slots__ = ("fn", "name", "is_async", "wants_remote", "_names", "_required", "_simple", "_sig")
+
+    def __init__(self, name: str, fn: Callable[..., Any]) -> None:
+        if not callable(fn):
+            raise TypeError(f"handler for {name!r} is not callable: {fn!r}")
+        self.fn = fn
+        self.name = name
+        self.is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            getattr(fn, "__call__", None)  # noqa: B004  (callable objects with async __call__)
+        )
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):  # some builtins have no signature: accept anything
+            sig = inspect.Signature([
+                inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL),
+                inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
+            ])
+        remote = sig.parameters.get("remote")
+        self.wants_remote = remote is not None and remote.kind in (_POK, _KW)
+        params = [p for p in sig.parameters.values() if not (self.wants_remote and p.name == "remote")]
+        self._sig = sig.replace(parameters=params)
+        self._simple = all(p.kind is _POK for p in params)
+        self._names = tuple(p.name for p in params)
+        self._required = frozenset(p.name for p in params if p.default is _EMPTY)
+
+    def __repr__(self) -> str:
+        return f"<Handler {self.name!r} -> {getattr(self.fn, '__qualname__', self.fn)!r}>"
+
+    def bind(self, params: Params, remote: object) -> tuple[tuple[Any, ...] | list[Any], dict[str, Any]]:
+        """``(args, kwargs)`` to call the handler with; raises :class:`InvalidParams`."""
+        kwargs: dict[str, Any]
+        if self._simple:
+            names = self._names
+            if params is None:
+                if self._required:
+                    raise InvalidParams(f"missing required params: {', '.join(sorted(self._required))}")
+                args: tuple[Any, ...] | list[Any] = ()
+                kwargs = {}
+            elif type(params) is list:
+                if not len(self._required) <= len(params) <= len(names):
+                    raise InvalidParams(
+                        f"expected {self._arity()} positional params, got {len(params)}"
+                    )
+                # Only the first len(params) names are bound; defaults fill the rest,
+                # so a missing required one is caught above by the count.
+                if self.wants_remote:
+                    args, kwargs = (), dict(zip(names, params))
+                else:
+                    args, kwargs = params, {}
+            else:
+                unknown = params.keys() - set(names)
+                if unknown:
+                    raise InvalidParams(f"unexpected params: {', '.join(sorted(map(str, unknown)))}")
+                missing = self._required - params.keys()
+                if missing:
+                    raise InvalidParams(f"missing required params: {', '.join(sorted(missing))}")
+                args, kwargs = (), params
+        else:
+            try:
+                if params is None:
+                    bound = self._sig.bind()
+                elif type(params) is list:
+                    bound = self._sig.bind(*params)
+                else:
+                    bound = self._sig.bind(**params)
+            except TypeError as exc:
+                raise InvalidParams(str(exc)) from None
+            args, kwargs = bound.args, bound.kwargs
+        if self.wants_remote:
+            kwargs = {**kwargs, "remote": remote}
+        return args, kwargs
+
+    def _arity(self) -> str:
+        low, high = len(self._required), len(self._names)
+        return str(high) if low == high else f"{low} to {high}"
+
+
+class Hooks:
+    """Registration shared by ``Server`` and ``Client`` in every adapter.
+
+    ``hook_request("name", fn)`` or ``@hook_request("name")`` (or ``@hook_request`` on a
+    function: its name); the same for ``hook_notif``; ``@method`` registers a request
+    handler under the function's own name. ``hook_connect`` / ``hook_disconnect`` take
+    callbacks receiving the ``Remote``.
+    """
+
+    def __init__(self) -> None:
+        self.requests: dict[str, Handler] = {}
+        self.notifications: dict[str, Handler] = {}
+        self.on_connect: list[Callable[[Any], Any]] = []
+        self.on_disconnect: list[Callable[[Any], Any]] = []
+
+    @overload
+    def hook_request(self, name: str, fn: F) -> F: ...
+    @overload
+    def hook_request(self, name: str, fn: None = None) -> Callable[[F], F]: ...
+    @overload
+    def hook_request(self, name: F, fn: None = None) -> F: ...
+    def hook_request(self, name: Any, fn: Any = None) -> Any:
+        """Register a request handler (its return value is the result)."""
+        return self._register(self.requests, name, fn)
+
+    @overload
+    def hook_notif(self, name: str, fn: F) -> F: ...
+    @overload
+    def hook_notif(self, name: str, fn: None = None) -> Callable[[F], F]: ...
+    @overload
+    def hook_notif(self, name: F, fn: None = None) -> F: ...
+    def hook_notif(self, name: Any, fn: Any = None) -> Any:
+        """Register a notification handler (its return value is ignored)."""
+        return self._register(self.notifications, name, fn)
+
+    def method(self, fn: F) -> F:
+        """Register ``fn`` as a request handler under its own ``__name__``."""
+        return self._register(self.requests, fn.__name__, fn)  # type: ignore[no-any-return]
+
+    def hook_connect(self, fn: F) -> F:
+        """Call ``fn(remote)`` (sync or async) when a connection opens, before any of its
+        requests or notifications is handled. If it raises, the connection is closed."""
+        self.on_connect.append(fn)
+        return fn
+
+    def hook_disconnect(self, fn: F) -> F:
+        """Call ``fn(remote)`` (sync or async) once when a connection has ended."""
+        self.on_disconnect.append(fn)
+        return fn
+
+    def _register(self, table: dict[str, Handler], name: Any, fn: Any) -> Any:
+        if callable(name) and fn is None:  # bare decorator: @hook_request
+            fn, name = name, name.__name__
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"method name must be a non-empty str, not {name!r}")
+        if name.startswith("rpc."):
+            raise ValueError(f"{name!r}: method names beginning with 'rpc.' are reserved by JSON-RPC")
+
+        def register(fn: Any) -> Any:
+            table[name] = Handler(name, fn)
+            return fn
+
+        return register if fn is None else register(fn)
+
+
+def error_answer(id: Id, exc: BaseException, *, method: str, debug: bool) -> Error:
+    """The answer for a handler that raised ``exc`` (logged here when unexpected)."""
+    if isinstance(exc, RemoteError):
+        return Error(id, exc.code, exc.message, exc.data)
+    if isinstance(exc, InvalidParams):
+        return Error(id, ErrorCode.INVALID_PARAMS, f"Invalid params: {exc}")
+    log.error("handler for %r raised", method, exc_info=exc)
+    return Error(id, ErrorCode.INTERNAL_ERROR, "Internal error", repr(exc) if debug else None)
+
+
+def unencodable_answer(id: Id, exc: BaseException, *, method: str, debug: bool) -> Error:
+    """The answer for a handler whose result cannot be encoded as JSON (logged here)."""
+    log.error("result of %r cannot be sent as JSON: %s", method, exc)
+    return Error(id, ErrorCode.INTERNAL_ERROR, "Internal error: the result cannot be encoded as JSON",
+                 str(exc) if debug else None)
+
+
+def not_found(id: Id, method: str) -> Error:
+    return Error(id, ErrorCode.METHOD_NOT_FOUND, f"Method not found: {method}")
+
+
+def call_handler(handler: Handler, params: Params, remote: object) -> Any:
+    """Bind and call; the result may be an awaitable (the async adapter awaits it)."""
+    args, kwargs = handler.bind(params, remote)
+    return handler.fn(*args, **kwargs)
+
+
+def result_answer(id: Id, result: Any) -> Response:
+    return Response(id, result)
+
+
+AsyncCallback = Callable[..., Awaitable[Any]]

@@ -1,0 +1,22 @@
+"""The async adapter on trio: the same API as ``ezipc_adapters``, with ``Server.start()``
+running trio (``pip install ezipc[trio]``).
+
+Inside your own ``trio.run(...)`` use ``await server.serve(...)`` and ``connect(...)``.
+"""
+
+from __future__ import annotations
+
+from . import _async
+from ._async import Call, Client, Remote, connect, connect_subprocess
+from ._errors import ConnectionClosed, LimitExceeded, RemoteError, RequestCancelled
+
+__all__ = [
+    "Server", "Client", "Remote", "Call", "connect", "connect_subprocess",
+    "RemoteError", "ConnectionClosed", "LimitExceeded", "RequestCancelled",
+]
+
+
+class Server(_async.Server):
+    """``ezipc_adapters.Server`` whose ``start()`` runs trio."""
+
+    backend = "trio"
