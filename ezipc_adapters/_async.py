@@ -35,7 +35,6 @@ from anyio.streams.tls import TLSAttribute, TLSListener
 from ezipc_proto import (
     NEED_DATA,
     Cancel,
-    Closed,
     Error,
     ErrorCode,
     Id,
@@ -71,7 +70,7 @@ _READ_SIZE = 65536
 
 
 def _as_params(params: Any) -> Params:
-    return list(params) if isinstance(params, tuple) else params  # type: ignore[no-any-return]
+    return list(params) if isinstance(params, tuple) else params
 
 
 def _short(data: bytes, limit: int = 200) -> str:
@@ -163,8 +162,15 @@ class Remote:
     sockets: pid, uid, gid) describe the peer.
     """
 
-    def __init__(self, stream: anyio.abc.ByteStream, hooks: Hooks, options: Options, *,
-                 server: Server | None = None, description: str | None = None) -> None:
+    def __init__(
+        self,
+        stream: anyio.abc.ByteStream,
+        hooks: Hooks,
+        options: Options,
+        *,
+        server: Server | None = None,
+        description: str | None = None,
+    ) -> None:
         self._stream = stream
         self._hooks = hooks
         self.options = options
@@ -196,10 +202,13 @@ class Remote:
         self._tg: anyio.abc.TaskGroup | None = None
         self._log_messages = options.log_messages and log.isEnabledFor(logging.DEBUG)
         extra = stream.extra
-        self.local_address = _describe(extra(anyio.abc.SocketAttribute.family, None),
-                                       extra(anyio.abc.SocketAttribute.local_address, None))
+        self.local_address = _describe(
+            extra(anyio.abc.SocketAttribute.family, None),
+            extra(anyio.abc.SocketAttribute.local_address, None),
+        )
         self.remote_address = description or _describe(
-            extra(anyio.abc.SocketAttribute.family, None), extra(anyio.abc.SocketAttribute.remote_address, None)
+            extra(anyio.abc.SocketAttribute.family, None),
+            extra(anyio.abc.SocketAttribute.remote_address, None),
         )
         self.peer_certificate: dict[str, Any] | None = extra(TLSAttribute.peer_certificate, None)
         raw = extra(anyio.abc.SocketAttribute.raw_socket, None)
@@ -218,8 +227,14 @@ class Remote:
 
     # ---- calling the peer ------------------------------------------------------------
 
-    def request(self, method: str, params: Any = None, *, timeout: float | None = None,
-                callback: Callable[[Call], Any] | None = None) -> Call:
+    def request(
+        self,
+        method: str,
+        params: Any = None,
+        *,
+        timeout: float | None = None,
+        callback: Callable[[Call], Any] | None = None,
+    ) -> Call:
         """Send a request now and return its :class:`Call` (await it for the result).
 
         ``timeout`` (seconds; default ``request_timeout``): then the call fails with
@@ -249,8 +264,13 @@ class Remote:
 
     notif = notify  # the original EZ-IPC's name
 
-    async def batch(self, requests: Iterable[tuple[str, Any]], *, notify: Iterable[tuple[str, Any]] = (),
-                    timeout: float | None = None) -> list[Any]:
+    async def batch(
+        self,
+        requests: Iterable[tuple[str, Any]],
+        *,
+        notify: Iterable[tuple[str, Any]] = (),
+        timeout: float | None = None,
+    ) -> list[Any]:
         """Send ``requests`` (``(method, params)`` pairs) and ``notify`` notifications as
         one JSON-RPC batch; return one item per request, in order: its result, or the
         ``RemoteError`` it was answered with (returned, not raised). Timeouts and
@@ -414,7 +434,7 @@ class Remote:
         self.stats.messages_out += 1
         if self._log_messages:
             log.debug("%s <- %s", self.remote_address, _short(data))
-        if not self._writing:
+        if not self._writing and not self._reading:
             self._wake("write")
 
     async def _writable(self) -> None:
@@ -426,31 +446,39 @@ class Remote:
             await self._sleep_until_woken("drained")
 
     _stream_broken = False
+    _reading = False  # the reader is handling a chunk: it sends what the chunk produced
 
     async def _write_loop(self) -> None:
-        stream = self._stream
         while True:
-            if not self._out:
+            if not self._out or self._writing:
                 self._wake("drained")
                 await self._sleep_until_woken("write")
                 continue
-            out = self._out
-            data = out[0] if len(out) == 1 else b"".join(out)
-            out.clear()
-            self._out_size = 0
-            self._writing = True
-            try:
-                await stream.send(data)
-            except _CLOSED_ERRORS as exc:
-                self._stream_broken = True
-                self._wake("drained")
-                self.close(f"write failed: {exc!r}")
-                return
-            finally:
-                self._writing = False
-            self.stats.bytes_out += len(data)
-            if self._out_size <= self.options.write_buffer_size:
-                self._wake("drained")
+            await self._send_queued()
+
+    async def _send_queued(self) -> None:
+        """Send everything queued, coalesced; only one task sends at a time (the writer,
+        or the reader for what it produced itself). Both are cancelled only on close."""
+        stream = self._stream
+        out = self._out
+        self._writing = True
+        try:
+            while out and not self._stream_broken:
+                data = out[0] if len(out) == 1 else b"".join(out)
+                out.clear()
+                self._out_size = 0
+                try:
+                    await stream.send(data)
+                except _CLOSED_ERRORS as exc:
+                    self._stream_broken = True
+                    self.close(f"write failed: {exc!r}")
+                    break
+                self.stats.bytes_out += len(data)
+                if self._out_size <= self.options.write_buffer_size:
+                    self._wake("drained")
+        finally:
+            self._writing = False
+            self._wake("drained")
 
     # ---- internals: reading ----------------------------------------------------------
 
@@ -462,34 +490,38 @@ class Remote:
             self.close("internal error")
 
     async def _receive(self) -> bytes:
-        """The next chunk, or b"" at EOF; applies the idle and slow-message timeouts."""
+        """The next chunk, or b"" at EOF. With an idle or slow-message timeout, the timer
+        task watches ``_read_deadline`` (a cancel scope per read would cost more than the
+        read itself)."""
         options = self.options
-        if options.idle_timeout is None and options.message_timeout is None:
-            try:
-                return await self._stream.receive(_READ_SIZE)
-            except _CLOSED_ERRORS:
-                return b""
-        if self._conn.in_message:
-            limit = options.message_timeout
-            since = self._message_started
-        else:
-            busy = self._running or self._waiters or self._backlog or self._notifications
-            limit = None if busy else options.idle_timeout
-            since = anyio.current_time()
-        deadline = math.inf if limit is None else since + limit
-        with anyio.move_on_after(deadline - anyio.current_time()) as scope:
-            try:
-                data = await self._stream.receive(_READ_SIZE)
-            except _CLOSED_ERRORS:
-                return b""
-        if scope.cancelled_caught:
-            what = "half-received message" if self._conn.in_message else "idle connection"
-            log.warning("%s: closing %s (timeout)", self.remote_address, what)
-            self.close(f"{what} timed out")
-            raise _TimedOut
-        return data
+        if options.idle_timeout is not None or options.message_timeout is not None:
+            if self._conn.in_message:
+                limit, since = options.message_timeout, self._message_started
+            else:
+                limit, since = options.idle_timeout, anyio.current_time()
+            if limit is not None:
+                self._read_deadline = since + limit
+                if self._read_deadline < self._timer_wakes_at:
+                    self._wake("timer")
+        try:
+            return await self._stream.receive(_READ_SIZE)
+        except _CLOSED_ERRORS:
+            return b""
+        finally:
+            self._read_deadline = math.inf
+
+    def _read_timed_out(self, now: float) -> None:
+        in_message = self._conn.in_message
+        if not in_message and (self._running or self._waiters or self._backlog or self._notifications):
+            self._read_deadline = now + (self.options.idle_timeout or math.inf)  # busy, not idle
+            return
+        what = "half-received message" if in_message else "idle connection"
+        log.warning("%s: closing %s (timeout)", self.remote_address, what)
+        self.close(f"{what} timed out")
 
     _message_started = 0.0
+    _read_deadline = math.inf
+    _timer_wakes_at = math.inf
 
     async def _read_loop_inner(self) -> None:
         conn = self._conn
@@ -498,13 +530,11 @@ class Remote:
         timed = self.options.message_timeout is not None
         was_in_message = False
         while not self._closed:
-            try:
-                data = await self._receive()
-            except _TimedOut:
-                return
+            data = await self._receive()
             stats.bytes_in += len(data)
             conn.receive_data(data)
             received = stats.messages_in + stats.errors
+            self._reading = True
             while True:
                 try:
                     event = conn.next_event()
@@ -512,6 +542,8 @@ class Remote:
                     log.warning("%s broke the protocol: %s", self.remote_address, exc)
                     stats.errors += 1
                     self._write(conn.send(Error(None, exc.error_code, str(exc))))
+                    self._reading = False
+                    self._wake("write")
                     self.close(f"protocol error: {exc}")
                     return
                 if event is NEED_DATA:
@@ -541,12 +573,22 @@ class Remote:
                 else:  # Closed
                     unfinished = event.unfinished  # type: ignore[union-attr]
                     if unfinished:
-                        log.warning("%s closed in the middle of a message (%d bytes lost)",
-                                    self.remote_address, len(unfinished))
+                        log.warning(
+                            "%s closed in the middle of a message (%d bytes lost)",
+                            self.remote_address,
+                            len(unfinished),
+                        )
+                    self._reading = False
+                    self._wake("write")
                     self.close("closed by the peer")
                     return
                 if self._log_messages and kind is not InvalidMessage:
                     log.debug("%s -> %r", self.remote_address, event)
+            self._reading = False
+            if self._out and not self._writing:
+                await self._send_queued()
+            elif self._out:
+                self._wake("write")
             stats.late_responses = conn.late_responses
             if timed:
                 # The slow-sender clock runs from the last complete message while one
@@ -585,6 +627,23 @@ class Remote:
             return
         seq = self._notif_received
         if self._ready and self._running < self.options.max_concurrency and not self._backlog:
+            handler = self._hooks.requests.get(event.method)
+            if handler is not None and not handler.is_async and self._notif_started == seq:
+                # A sync handler blocks the event loop wherever it runs, and nothing can
+                # cancel it: running it here saves a task without changing what anyone sees.
+                try:
+                    result = call_handler(handler, event.params, self)
+                except Exception as exc:
+                    self._answer(
+                        error_answer(event.id, exc, method=event.method, debug=self.options.debug),
+                        event.method,
+                    )
+                    return
+                if not inspect.isawaitable(result):
+                    self._answer(Response(event.id, result), event.method)
+                    return
+                self._start(event, seq, result)  # a sync function that returned an awaitable
+                return
             self._start(event, seq)
             return
         self._backlog.append((event, seq))
@@ -592,20 +651,23 @@ class Remote:
         while len(self._backlog) > self.options.max_concurrency and not self._closed:
             await self._sleep_until_woken("slot")
 
-    def _start(self, event: Request, seq: int) -> None:
+    def _start(self, event: Request, seq: int, awaitable: Awaitable[Any] | None = None) -> None:
         assert self._tg is not None
         self._running += 1
         self.stats.handlers_running = self._running
         scope = anyio.CancelScope()
         self._scopes[event.id] = scope
-        self._tg.start_soon(self._serve_request, event, seq, scope)
+        self._tg.start_soon(self._serve_request, event, seq, scope, awaitable)
 
     def _start_backlog(self) -> None:
         while self._backlog and self._running < self.options.max_concurrency and self._ready:
-            self._start(*self._backlog.popleft())
+            event, seq = self._backlog.popleft()
+            self._start(event, seq)
         self._wake("slot")
 
-    async def _serve_request(self, event: Request, seq: int, scope: anyio.CancelScope) -> None:
+    async def _serve_request(
+        self, event: Request, seq: int, scope: anyio.CancelScope, awaitable: Awaitable[Any] | None
+    ) -> None:
         id, method = event.id, event.method
         try:
             with scope:
@@ -616,14 +678,16 @@ class Remote:
                     answer: Response | Error = not_found(id, method)
                 else:
                     try:
-                        result = call_handler(handler, event.params, self)
-                        if handler.is_async or inspect.isawaitable(result):
+                        result = call_handler(handler, event.params, self) if awaitable is None else awaitable
+                        if inspect.isawaitable(result):
                             result = await result
                         answer = Response(id, result)
                     except Exception as exc:
                         answer = error_answer(id, exc, method=method, debug=self.options.debug)
             if scope.cancelled_caught:
-                code, message = self._why_cancelled.pop(id, (ErrorCode.REQUEST_CANCELLED, "Request cancelled"))
+                code, message = self._why_cancelled.pop(
+                    id, (ErrorCode.REQUEST_CANCELLED, "Request cancelled")
+                )
                 answer = Error(id, code, message)
             self._answer(answer, method)
         finally:
@@ -692,21 +756,30 @@ class Remote:
             self._wake("timer")
 
     async def _timer_loop(self) -> None:
+        """Expires request timeouts and watches the reader's deadline (idle and slow
+        message timeouts). It sleeps until the earliest deadline; a deadline that moved
+        later meanwhile is simply re-read when it wakes."""
         heap = self._deadlines
         while True:
             while heap and heap[0][2]._done:
                 heapq.heappop(heap)
-            if not heap:
+            deadline = min(heap[0][0] if heap else math.inf, self._read_deadline)
+            if deadline == math.inf:
+                self._timer_wakes_at = math.inf
                 await self._sleep_until_woken("timer")
                 continue
-            deadline, _, call = heap[0]
-            delay = deadline - anyio.current_time()
-            if delay > 0:
-                with anyio.move_on_after(delay):
+            now = anyio.current_time()
+            if deadline > now:
+                self._timer_wakes_at = deadline
+                with anyio.move_on_after(deadline - now):
                     await self._sleep_until_woken("timer")
                 continue
-            heapq.heappop(heap)
-            self._abandon(call, TimeoutError(f"request {call.method!r} timed out"))
+            if self._read_deadline <= now:
+                self._read_timed_out(now)
+            while heap and heap[0][0] <= now:
+                call = heapq.heappop(heap)[2]
+                if not call._done:
+                    self._abandon(call, TimeoutError(f"request {call.method!r} timed out"))
 
     # ---- internals: shutdown (driven by the server) ----------------------------------
 
@@ -727,10 +800,6 @@ class Remote:
             while self._running and not self._closed:
                 await self._sleep_until_woken("idle")
         await self.aclose()
-
-
-class _TimedOut(Exception):
-    pass
 
 
 def _describe(family: Any, address: Any) -> str:
@@ -826,12 +895,17 @@ def _stdio_stream() -> anyio.abc.ByteStream:
 # ---- opening connections --------------------------------------------------------------
 
 
-async def _open_stream(address: Address, options: Options, *, server_hostname: str | None) -> anyio.abc.ByteStream:
+async def _open_stream(
+    address: Address, options: Options, *, server_hostname: str | None
+) -> anyio.abc.ByteStream:
     if address.kind == "tcp":
         if options.ssl is not None:
             return await anyio.connect_tcp(
-                address.host, address.port, ssl_context=options.ssl,
-                tls_hostname=server_hostname or address.host, tls_standard_compatible=False,
+                address.host,
+                address.port,
+                ssl_context=options.ssl,
+                tls_hostname=server_hostname or address.host,
+                tls_standard_compatible=False,
             )
         return await anyio.connect_tcp(address.host, address.port)
     if address.kind == "unix":
@@ -850,8 +924,14 @@ class Client(Hooks):
         self.options = Options.build({"framing": framing}, options)
 
     @asynccontextmanager
-    async def connect(self, address: str | Address = DEFAULT_ADDRESS, *, timeout: float | None = None,
-                      server_hostname: str | None = None, **options: Any) -> AsyncIterator[Remote]:
+    async def connect(
+        self,
+        address: str | Address = DEFAULT_ADDRESS,
+        *,
+        timeout: float | None = None,
+        server_hostname: str | None = None,
+        **options: Any,
+    ) -> AsyncIterator[Remote]:
         """Connect (within ``timeout`` seconds) and yield the ``Remote``; on exit, close."""
         opts = self.options.replace(**options)
         addr = parse_address(address)
@@ -861,24 +941,38 @@ class Client(Hooks):
             yield remote
 
     @asynccontextmanager
-    async def connect_subprocess(self, argv: Sequence[str], *, cwd: str | None = None,
-                                 env: dict[str, str] | None = None, stderr: Any = None,
-                                 terminate_timeout: float = 2.0, **options: Any) -> AsyncIterator[Remote]:
+    async def connect_subprocess(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        stderr: Any = None,
+        terminate_timeout: float = 2.0,
+        **options: Any,
+    ) -> AsyncIterator[Remote]:
         """Start ``argv`` and talk to it over its stdin/stdout. On exit: close its stdin,
         wait up to ``terminate_timeout`` seconds, then terminate, and kill if need be.
         ``stderr`` is inherited unless given (e.g. ``subprocess.DEVNULL``)."""
         opts = self.options.replace(**options)
         if opts.framing == "auto":
             opts = opts.replace(framing="ndjson")
-        import subprocess  # noqa: PLC0415
+        import subprocess
 
         process = await anyio.open_process(
-            list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, cwd=cwd, env=env,
+            list(argv),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            cwd=cwd,
+            env=env,
         )
         assert process.stdin is not None and process.stdout is not None
         stream = StapledByteStream(process.stdin, process.stdout)
         try:
-            async with _running(Remote(stream, self, opts, description=f"subprocess:{process.pid}")) as remote:
+            async with _running(
+                Remote(stream, self, opts, description=f"subprocess:{process.pid}")
+            ) as remote:
                 remote.data["process"] = process
                 yield remote
         finally:
@@ -919,8 +1013,14 @@ async def _running(remote: Remote) -> AsyncIterator[Remote]:
             await remote.aclose()
 
 
-def connect(address: str | Address = DEFAULT_ADDRESS, *, framing: str = "ndjson", timeout: float | None = None,
-            server_hostname: str | None = None, **options: Any) -> Any:
+def connect(
+    address: str | Address = DEFAULT_ADDRESS,
+    *,
+    framing: str = "ndjson",
+    timeout: float | None = None,
+    server_hostname: str | None = None,
+    **options: Any,
+) -> Any:
     """``async with connect(address) as remote:`` — a ``Client`` with no hooks."""
     return Client(framing, **options).connect(address, timeout=timeout, server_hostname=server_hostname)
 
@@ -992,7 +1092,9 @@ class Server(Hooks):
 
     terminate = shutdown
 
-    async def serve(self, *addresses: str, task_status: anyio.abc.TaskStatus[list[str]] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, *addresses: str, task_status: anyio.abc.TaskStatus[list[str]] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Serve until :meth:`shutdown` (then gracefully) or until cancelled (abruptly).
         With ``await tg.start(server.serve, "tcp://127.0.0.1:0")`` the bound addresses
         are returned (also in ``server.addresses``)."""
@@ -1028,8 +1130,11 @@ class Server(Hooks):
                 listeners.clear()
                 remotes = list(self._remotes)
                 if remotes:
-                    log.info("shutting down: %d connection(s), up to %.1fs for work in flight",
-                             len(remotes), self.options.shutdown_timeout)
+                    log.info(
+                        "shutting down: %d connection(s), up to %.1fs for work in flight",
+                        len(remotes),
+                        self.options.shutdown_timeout,
+                    )
                 async with anyio.create_task_group() as closing:
                     for remote in remotes:
                         closing.start_soon(remote._shutdown, self.options.shutdown_timeout)
@@ -1077,7 +1182,9 @@ class Server(Hooks):
         if options.allowed_uids is not None and (
             remote.peer_credentials is None or remote.peer_credentials.uid not in options.allowed_uids
         ):
-            log.warning("refusing %s: peer credentials %s not allowed", remote.remote_address, remote.peer_credentials)
+            log.warning(
+                "refusing %s: peer credentials %s not allowed", remote.remote_address, remote.peer_credentials
+            )
             await anyio.aclose_forcefully(stream)
             return
         self._remotes.add(remote)
@@ -1097,8 +1204,9 @@ class Server(Hooks):
                 except ConnectionClosed:
                     pass
 
-    async def broadcast_request(self, method: str, params: Any = None, *,
-                                timeout: float | None = None) -> dict[Remote, Any]:
+    async def broadcast_request(
+        self, method: str, params: Any = None, *, timeout: float | None = None
+    ) -> dict[Remote, Any]:
         """Call every connected peer at once; map each ``Remote`` to its result or to the
         exception its call ended with."""
         results: dict[Remote, Any] = {}

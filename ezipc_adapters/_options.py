@@ -62,7 +62,7 @@ class Options:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive or None")
-        if self.allowed_uids is not None and not isinstance(self.allowed_uids, frozenset):
+        if self.allowed_uids is not None:  # accept any iterable of uids
             object.__setattr__(self, "allowed_uids", frozenset(self.allowed_uids))
 
     @classmethod

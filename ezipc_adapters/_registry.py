@@ -75,7 +75,7 @@ class Handler:
                     raise InvalidParams(f"missing required params: {', '.join(sorted(self._required))}")
                 args: tuple[Any, ...] | list[Any] = ()
                 kwargs = {}
-            elif type(params) is list:
+            elif isinstance(params, list):
                 if not len(self._required) <= len(params) <= len(names):
                     raise InvalidParams(
                         f"expected {self._arity()} positional params, got {len(params)}"
@@ -83,7 +83,7 @@ class Handler:
                 # Only the first len(params) names are bound; defaults fill the rest,
                 # so a missing required one is caught above by the count.
                 if self.wants_remote:
-                    args, kwargs = (), dict(zip(names, params))
+                    args, kwargs = (), dict(zip(names, params, strict=False))
                 else:
                     args, kwargs = params, {}
             else:
@@ -98,7 +98,7 @@ class Handler:
             try:
                 if params is None:
                     bound = self._sig.bind()
-                elif type(params) is list:
+                elif isinstance(params, list):
                     bound = self._sig.bind(*params)
                 else:
                     bound = self._sig.bind(**params)

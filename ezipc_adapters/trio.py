@@ -11,8 +11,16 @@ from ._async import Call, Client, Remote, connect, connect_subprocess
 from ._errors import ConnectionClosed, LimitExceeded, RemoteError, RequestCancelled
 
 __all__ = [
-    "Server", "Client", "Remote", "Call", "connect", "connect_subprocess",
-    "RemoteError", "ConnectionClosed", "LimitExceeded", "RequestCancelled",
+    "Server",
+    "Client",
+    "Remote",
+    "Call",
+    "connect",
+    "connect_subprocess",
+    "RemoteError",
+    "ConnectionClosed",
+    "LimitExceeded",
+    "RequestCancelled",
 ]
 
 
