@@ -176,7 +176,7 @@ class Remote:
         self.options = options
         self.server = server
         self._conn = options.connection()
-        self.stats = Stats()
+        self._stats = Stats()
         self.data: dict[str, Any] = {}
         self._waiters: dict[Id, Call] = {}
         self._scopes: dict[Id, anyio.CancelScope] = {}  # running request handlers
@@ -216,6 +216,15 @@ class Remote:
 
     def __repr__(self) -> str:
         return f"<Remote {self.remote_address} {'closed' if self._closed else 'open'}>"
+
+    @property
+    def stats(self) -> Stats:
+        """Counters of this connection (a live object; pending counts are refreshed here)."""
+        stats = self._stats
+        stats.requests_pending = len(self._waiters)
+        stats.handlers_running = self._running
+        stats.late_responses = self._conn.late_responses
+        return stats
 
     @property
     def closed(self) -> bool:
@@ -427,11 +436,11 @@ class Remote:
     # ---- internals: writing ----------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
-        if not data or self._closed:
+        if not data or self._closed or self._stream_broken:
             return
         self._out.append(data)
         self._out_size += len(data)
-        self.stats.messages_out += 1
+        self._stats.messages_out += 1
         if self._log_messages:
             log.debug("%s <- %s", self.remote_address, _short(data))
         if not self._writing and not self._reading:
@@ -449,7 +458,7 @@ class Remote:
     _reading = False  # the reader is handling a chunk: it sends what the chunk produced
 
     async def _write_loop(self) -> None:
-        while True:
+        while not self._stream_broken:
             if not self._out or self._writing:
                 self._wake("drained")
                 await self._sleep_until_woken("write")
@@ -471,9 +480,11 @@ class Remote:
                     await stream.send(data)
                 except _CLOSED_ERRORS as exc:
                     self._stream_broken = True
+                    out.clear()
+                    self._out_size = 0
                     self.close(f"write failed: {exc!r}")
                     break
-                self.stats.bytes_out += len(data)
+                self._stats.bytes_out += len(data)
                 if self._out_size <= self.options.write_buffer_size:
                     self._wake("drained")
         finally:
@@ -515,6 +526,7 @@ class Remote:
         if not in_message and (self._running or self._waiters or self._backlog or self._notifications):
             self._read_deadline = now + (self.options.idle_timeout or math.inf)  # busy, not idle
             return
+        self._read_deadline = math.inf
         what = "half-received message" if in_message else "idle connection"
         log.warning("%s: closing %s (timeout)", self.remote_address, what)
         self.close(f"{what} timed out")
@@ -525,7 +537,7 @@ class Remote:
 
     async def _read_loop_inner(self) -> None:
         conn = self._conn
-        stats = self.stats
+        stats = self._stats
         waiters = self._waiters
         timed = self.options.message_timeout is not None
         was_in_message = False
@@ -604,7 +616,7 @@ class Remote:
         if call is not None:
             call._finish(None, RemoteError(event.code, event.message, event.data))
         else:  # id null: the peer could not read something we sent
-            self.stats.errors += 1
+            self._stats.errors += 1
             log.warning("%s reported an error: [%s] %s", self.remote_address, event.code, event.message)
 
     def _on_cancel(self, id: Id) -> None:
@@ -654,7 +666,7 @@ class Remote:
     def _start(self, event: Request, seq: int, awaitable: Awaitable[Any] | None = None) -> None:
         assert self._tg is not None
         self._running += 1
-        self.stats.handlers_running = self._running
+        self._stats.handlers_running = self._running
         scope = anyio.CancelScope()
         self._scopes[event.id] = scope
         self._tg.start_soon(self._serve_request, event, seq, scope, awaitable)
@@ -694,7 +706,7 @@ class Remote:
             self._scopes.pop(id, None)
             self._why_cancelled.pop(id, None)
             self._running -= 1
-            self.stats.handlers_running = self._running
+            self._stats.handlers_running = self._running
             if self._backlog:
                 self._start_backlog()
             self._wake("idle")
@@ -709,7 +721,7 @@ class Remote:
             answer = unencodable_answer(answer.id, exc, method=method, debug=self.options.debug)
             data = self._conn.send(answer)
         if type(answer) is Error:
-            self.stats.errors += 1
+            self._stats.errors += 1
         self._write(data)
 
     async def _on_notification(self, event: Notification) -> None:

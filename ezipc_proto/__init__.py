@@ -10,7 +10,9 @@ from ._connection import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_MESSAGE_SIZE,
     TRANSITIONS,
+    Cancellation,
     Connection,
+    Framing,
     State,
 )
 from ._errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
@@ -33,6 +35,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Connection",
+    "Framing",
+    "Cancellation",
     "State",
     "TRANSITIONS",
     "DEFAULT_MAX_MESSAGE_SIZE",
