@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import heapq
+import hmac
 import inspect
 import itertools
 import logging
@@ -67,6 +68,9 @@ _CLOSED_ERRORS = (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenReso
 _FLUSH_TIMEOUT = 2.0  # how long a closing connection waits to write what it still holds
 _HOOK_TIMEOUT = 10.0  # how long disconnect hooks may take once the connection has ended
 _READ_SIZE = 65536
+#: The request a client sends first when the server has ``auth_token`` set.
+AUTH_METHOD = "$/authenticate"
+AUTH_TIMEOUT = 10.0  # seconds a client has to authenticate
 
 
 def _as_params(params: Any) -> Params:
@@ -184,6 +188,9 @@ class Remote:
         self._backlog: deque[tuple[Request, int]] = deque()  # requests waiting for a slot
         self._running = 0
         self._ready = False  # connect hooks done: requests may be handled
+        # A server with auth_token handles nothing until the client has presented it.
+        self._auth_pending = server is not None and options.auth_token is not None
+        self._auth_done = anyio.Event()
         self._shutting_down = False
         self._notifications: deque[Notification] = deque()
         self._notif_received = 0
@@ -373,6 +380,13 @@ class Remote:
             event.set()
 
     async def _connect_hooks(self) -> None:
+        if self._auth_pending:
+            with anyio.move_on_after(AUTH_TIMEOUT):
+                await self._auth_done.wait()
+            if self._auth_pending:
+                log.warning("%s did not authenticate within %ss: closing", self.remote_address, AUTH_TIMEOUT)
+                self.close("not authenticated")
+                return
         try:
             for hook in self._hooks.on_connect:
                 result = hook(self)
@@ -634,6 +648,9 @@ class Remote:
     # ---- internals: serving the peer's calls -----------------------------------------
 
     async def _on_request(self, event: Request) -> None:
+        if self._auth_pending:
+            self._authenticate(event)
+            return
         if self._shutting_down:
             self._answer(Error(event.id, ErrorCode.SHUTTING_DOWN, "Server is shutting down"), event.method)
             return
@@ -724,7 +741,27 @@ class Remote:
             self._stats.errors += 1
         self._write(data)
 
+    def _authenticate(self, event: Request) -> None:
+        """Fail closed: anything but the right token first ends the connection."""
+        token = event.params.get("token") if isinstance(event.params, dict) else None
+        expected = self.options.auth_token
+        assert expected is not None
+        if event.method == AUTH_METHOD and isinstance(token, str) and hmac.compare_digest(
+            token.encode(), expected.encode()
+        ):
+            self._auth_pending = False
+            self._auth_done.set()
+            self._answer(Response(event.id, True), event.method)
+            return
+        log.warning("%s failed to authenticate (first request: %r)", self.remote_address, event.method)
+        self._answer(Error(event.id, ErrorCode.UNAUTHORIZED, "Unauthorized"), event.method)
+        self.close("authentication failed")
+
     async def _on_notification(self, event: Notification) -> None:
+        if self._auth_pending:
+            log.warning("%s sent a notification before authenticating: closing", self.remote_address)
+            self.close("authentication failed")
+            return
         self._notifications.append(event)
         self._notif_received += 1
         self._wake("notify")
@@ -950,6 +987,8 @@ class Client(Hooks):
         with anyio.fail_after(timeout) if timeout is not None else contextlib.nullcontext():
             stream = await _open_stream(addr, opts, server_hostname=server_hostname)
         async with _running(Remote(stream, self, opts)) as remote:
+            if opts.auth_token is not None:
+                await remote.request(AUTH_METHOD, {"token": opts.auth_token}, timeout=timeout or AUTH_TIMEOUT)
             yield remote
 
     @asynccontextmanager
@@ -1017,12 +1056,22 @@ async def _end_process(process: anyio.abc.Process, timeout: float) -> None:
 
 @asynccontextmanager
 async def _running(remote: Remote) -> AsyncIterator[Remote]:
+    """Run ``remote`` for the duration of the block. An exception from the block is
+    re-raised as itself after the connection's tasks end, not wrapped in the task group's
+    ExceptionGroup (cancellation goes through the task group, as it must)."""
+    raised: BaseException | None = None
     async with anyio.create_task_group() as tg:
         await tg.start(remote._run)
         try:
             yield remote
+        except anyio.get_cancelled_exc_class():
+            raise
+        except BaseException as exc:
+            raised = exc
         finally:
             await remote.aclose()
+    if raised is not None:
+        raise raised
 
 
 def connect(
@@ -1210,7 +1259,7 @@ class Server(Hooks):
     async def broadcast(self, method: str, params: Any = None) -> None:
         """Notify every connected peer."""
         for remote in list(self._remotes):
-            if not remote.closed:
+            if not remote.closed and not remote._auth_pending:
                 try:
                     await remote.notify(method, params)
                 except ConnectionClosed:
@@ -1231,7 +1280,7 @@ class Server(Hooks):
 
         async with anyio.create_task_group() as tg:
             for remote in list(self._remotes):
-                if not remote.closed:
+                if not remote.closed and not remote._auth_pending:
                     tg.start_soon(one, remote)
         return results
 

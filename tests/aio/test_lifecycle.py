@@ -347,3 +347,29 @@ async def test_a_peer_that_never_reads_does_not_grow_our_buffer() -> None:
         (remote,) = server.remotes
         assert remote._out_size <= 64 * 1024 + 10_100 * 100  # bounded: one chunk's answers at most
         assert sent < 100_000  # we were pushed back: the kernel buffers filled up
+
+
+async def test_shared_secret_authentication() -> None:
+    server = Server(auth_token="s3cret")
+    connected: list[Remote] = []
+    server.hook_connect(connected.append)
+    server.hook_request("ping", lambda: "pong")
+    async with serving(server) as (address,):
+        async with connect(address, auth_token="s3cret") as remote:
+            assert await remote.request("ping") == "pong"
+        assert len(connected) == 1  # the connect hook ran once authenticated
+        with pytest.raises(RemoteError) as info:
+            async with connect(address, auth_token="wrong"):
+                pass
+        assert info.value.code == ErrorCode.UNAUTHORIZED
+        # No token at all: the first request is refused and the connection closed.
+        async with raw_connect(address) as peer:
+            await peer.send({"jsonrpc": "2.0", "method": "ping", "id": 1})
+            answer = await peer.receive()
+            assert answer["error"]["code"] == ErrorCode.UNAUTHORIZED
+            assert await peer.receive_eof() == b""
+        # A notification first is refused the same way, silently.
+        async with raw_connect(address) as peer:
+            await peer.send({"jsonrpc": "2.0", "method": "ping"})
+            assert await peer.receive_eof() == b""
+        assert len(connected) == 1

@@ -452,3 +452,11 @@ async def test_invalid_input_is_answered_and_the_connection_survives() -> None:
         await peer.send({"jsonrpc": "2.0", "result": 1, "id": 99})  # nobody asked: no answer
         await peer.send({"jsonrpc": "2.0", "method": "sum", "params": [1, 2], "id": 3})
         assert await peer.receive() == {"jsonrpc": "2.0", "id": 3, "result": 3}
+
+
+async def test_errors_in_the_connect_block_are_not_wrapped() -> None:
+    async with serving(make_server()) as (address,):
+        with pytest.raises(KeyError):
+            async with connect(address) as remote:
+                await remote.request("sum", [1])
+                raise KeyError("mine")
