@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Codec", "JsonCodec", "MsgspecCodec", "get_codec"]
+__all__ = ["Codec", "JsonCodec", "MsgspecCodec", "get_codec", "unchecked_decoder"]
 
 _WS = " \t\n\r"
 
@@ -52,6 +53,7 @@ class JsonCodec:
     def __init__(self) -> None:
         decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_strict_float)
         self._scan = decoder.scan_once
+        self._iterencode = _c_iterencode()
         self._dump = json.JSONEncoder(
             ensure_ascii=False, allow_nan=False, separators=(",", ":")
         ).encode
@@ -74,12 +76,44 @@ class JsonCodec:
 
     def encode(self, obj: Any) -> bytes:
         try:
+            if self._iterencode is not None:
+                return "".join(self._iterencode(obj, 0)).encode("utf-8")
             return self._dump(obj).encode("utf-8")
         except UnicodeEncodeError:
             # A lone surrogate cannot be UTF-8; JSON can still carry it as an escape.
             return self._dump_ascii(obj).encode("ascii")
         except RecursionError:
-            raise ValueError("value nested too deeply to encode") from None
+            raise ValueError("value nested too deeply (or circular) to encode") from None
+
+
+def _c_iterencode() -> Callable[[Any, int], list[str]] | None:
+    """The C encoder inside ``JSONEncoder(ensure_ascii=False, allow_nan=False,
+    separators=(",", ":"))``, built once: ``JSONEncoder.encode`` builds a new one for
+    every value, which costs a third of encoding a small message. It is built without
+    the circular-reference check (a shared table of ids would not be thread-safe); a
+    circular value ends in RecursionError instead, which ``encode`` reports as a
+    ValueError. None if this Python's private ``c_make_encoder`` is missing or behaves
+    differently: then the plain ``JSONEncoder`` is used."""
+    from json import encoder
+
+    try:
+        iterencode: Callable[[Any, int], list[str]] = encoder.c_make_encoder(  # type: ignore[attr-defined]
+            None, _reject_type, encoder.encode_basestring, None, ":", ",", False, False, False
+        )
+        probe: Any = {"a": [1, 2.5, "\u00e9\n\"", None, True, -0.0, 10**30], "b": {}}
+        if "".join(iterencode(probe, 0)) != json.dumps(probe, ensure_ascii=False, separators=(",", ":")):
+            return None
+        try:
+            iterencode([float("nan")], 0)
+        except ValueError:
+            return iterencode
+    except Exception:  # absent or changed: the portable path is used
+        pass
+    return None
+
+
+def _reject_type(obj: Any) -> Any:
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
 class MsgspecCodec:
@@ -109,6 +143,20 @@ class MsgspecCodec:
             # msgspec writes NaN and Infinity as null; the stdlib raises for them.
             self._fallback.encode(obj)
         return out
+
+
+def unchecked_decoder(codec: Codec) -> Callable[[bytes], Any] | None:
+    """For the codecs here (unless a subclass overrides ``decode``): a decoder to try
+    first, which gives the same value as ``codec.decode`` whenever it returns, and
+    rejects any text that starts with a BOM. When it raises, ``codec.decode`` decides.
+    For ``MsgspecCodec`` it is msgspec's own decoder, without the Python wrapper around
+    it; for ``JsonCodec``, its ``decode``. None for any other codec."""
+    decode = getattr(type(codec), "decode", None)
+    if decode is MsgspecCodec.decode:
+        return codec._decode  # type: ignore[attr-defined,no-any-return]
+    if decode is JsonCodec.decode:
+        return codec.decode
+    return None
 
 
 def get_codec(codec: str | Codec) -> Codec:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Iterable, Iterator, KeysView
+from collections.abc import Callable, Iterable, Iterator, KeysView
 from typing import Any, Literal, Union
 
-from ._codec import Codec, get_codec
+from ._codec import Codec, get_codec, unchecked_decoder
 from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from ._events import (
     NEED_DATA,
@@ -55,6 +55,10 @@ class State(enum.Enum):
     CLOSED = "CLOSED"  #: this side has closed (EOF received, or ``Closed`` sent)
     ERROR = "ERROR"  #: the peer broke the framing (receiving side only)
 
+    # Members are singletons: hash by identity, in C (Enum's own __hash__ is a Python
+    # call, paid on every send's TRANSITIONS lookup).
+    __hash__ = object.__hash__
+
 
 _SENDABLE = (Request, Notification, Response, Error, Cancel)
 
@@ -73,6 +77,7 @@ _CANCEL_RECEIVE = {"$/cancelRequest": ("id", False), "notifications/cancelled": 
 
 _MISSING: Any = object()
 _BOM = b"\xef\xbb\xbf"
+_OPEN = State.OPEN  # a module global is read faster than the enum's attribute
 
 
 def _valid_id(id: object) -> bool:
@@ -83,11 +88,12 @@ def _valid_id(id: object) -> bool:
 class _Batch:
     """The answer owed to one received batch: assembled as the application answers."""
 
-    __slots__ = ("owed", "parts")
+    __slots__ = ("owed", "parts", "errored")
 
     def __init__(self) -> None:
         self.owed = 0  # answers the application still owes
         self.parts: list[bytes] = []  # encoded answers so far (invalid members' included)
+        self.errored: set[Id] = set()  # ids that an invalid member's error in parts names
 
 
 class Connection:
@@ -130,7 +136,15 @@ class Connection:
             raise ValueError("limits must be positive")
         self._framer = FRAMERS[framing](max_message_size)
         self.codec = get_codec(codec)
-        self._decode = self.codec.decode
+        # Decoding tries the codec's fast decoder first if it has one; such a decoder
+        # rejects a text that starts with a BOM, so the BOM is looked for only when it
+        # fails (_decode_again). Another codec gets the BOM stripped first, as documented.
+        fast = unchecked_decoder(self.codec)
+        # (frames are bytes or bytearray: every codec here takes either)
+        self._decode_checked: Callable[[Any], Any] = self.codec.decode
+        self._decode: Callable[[Any], Any] = fast if fast is not None else self._decode_without_bom
+        self._decode_retry = fast is not None
+        self._ready = self._framer.ready  # frames already cut, taken without a call
         self._encode_raw = self.codec.encode
         self._frame = self._framer.frame
         self.max_message_size = max_message_size
@@ -202,6 +216,8 @@ class Connection:
                 raise LocalProtocolError("received data after EOF")
             return
         if data:
+            if self.their_state is State.ERROR:
+                return  # nothing more can be received: don't buffer it
             self._framer.feed(data)
         else:
             self._eof = True
@@ -212,37 +228,55 @@ class Connection:
         on every later call)."""
         if self._queue:
             return self._queue.popleft()
-        if self.their_state is not State.OPEN:
+        if self.their_state is not _OPEN:
             if self.their_state is State.ERROR:
                 raise RemoteProtocolError("the peer broke the framing earlier; nothing more can be received")
             return self._closed
-        framer = self._framer
+        ready, decode = self._ready, self._decode
         while True:
-            try:
-                frame = framer.next_frame()
-            except RemoteProtocolError:
-                self.their_state = State.ERROR
-                raise
-            if frame is None:
-                if not self._eof:
-                    return NEED_DATA
-                self.their_state = TRANSITIONS[self.their_state, Closed]
-                self._closed = Closed(framer.unfinished())
-                return self._closed
+            if ready:
+                frame = ready.popleft()
+            else:
+                framer = self._framer
+                try:
+                    cut = framer.next_frame()
+                except RemoteProtocolError:
+                    self.their_state = State.ERROR
+                    raise
+                if cut is None:
+                    if not self._eof:
+                        return NEED_DATA
+                    self.their_state = TRANSITIONS[self.their_state, Closed]
+                    self._closed = Closed(framer.unfinished())
+                    return self._closed
+                frame = cut
             if frame is OVERSIZE:
                 return self._invalid(
                     None, ErrorCode.MESSAGE_TOO_LARGE,
                     f"Message larger than {self.max_message_size} bytes", None,
                 )
-            if frame.startswith(_BOM):
-                frame = frame[3:]
             try:
-                obj = self._decode(frame)
-            except (ValueError, RecursionError) as exc:
-                return self._invalid(None, ErrorCode.PARSE_ERROR, f"Parse error: {exc}", None)
+                obj = decode(frame)
+            except Exception as exc:
+                try:
+                    obj = self._decode_again(frame, exc)
+                except (ValueError, RecursionError) as error:
+                    return self._invalid(None, ErrorCode.PARSE_ERROR, f"Parse error: {error}", None)
             event = self._receive_batch(obj) if type(obj) is list else self._receive(obj, None)
             if event is not None:
                 return event
+
+    def _decode_without_bom(self, frame: bytes | bytearray) -> Any:
+        if frame.startswith(_BOM):
+            frame = frame[3:]
+        return self._decode_checked(frame)
+
+    def _decode_again(self, frame: bytes | bytearray, exc: Exception) -> Any:
+        """The first decoder raised ``exc``. If that was a codec's fast decoder, the
+        codec decides, on the text without its BOM if it has one; else ``exc`` stands."""
+        if not self._decode_retry:
+            raise exc
+        return self._decode_without_bom(frame)
 
     def events(self) -> Iterator[Event]:
         """Every event available now (a loop over :meth:`next_event` up to ``NEED_DATA``,
@@ -304,17 +338,19 @@ class Connection:
             if method.startswith("rpc."):
                 return self._invalid(None, ErrorCode.METHOD_NOT_FOUND, _RESERVED, batch, reply=False)
             return _notification(method, params)
-        if not _valid_id(id):
+        t = type(id)  # _valid_id, inline: this runs for every request
+        if t is not int and t is not str and id is not None and t is not float:
             return self._invalid(None, ErrorCode.INVALID_REQUEST, "Invalid Request: bad id", batch)
-        if method.startswith("rpc."):
-            return self._invalid(id, ErrorCode.METHOD_NOT_FOUND, _RESERVED, batch)
-        if id in self._owed:
+        owed = self._owed
+        if id in owed or (batch is not None and id in batch.errored):
             # Answering with this id would give the peer two answers for one id.
             return self._invalid(
                 None, ErrorCode.INVALID_REQUEST,
                 f"Invalid Request: id {id!r} is already in use by a request in progress", batch,
             )
-        self._owed[id] = batch
+        if method.startswith("rpc."):
+            return self._invalid(id, ErrorCode.METHOD_NOT_FOUND, _RESERVED, batch)
+        owed[id] = batch
         if batch is not None:
             batch.owed += 1
         return _request(method, params, id)
@@ -335,7 +371,8 @@ class Connection:
     def _receive_answer(self, obj: dict[str, Any]) -> Event | None:
         id = obj.get("id", _MISSING)
         event: Response | Error
-        if id is _MISSING or not _valid_id(id):
+        t = type(id)  # _valid_id, inline: this runs for every answer
+        if id is _MISSING or (t is not int and t is not str and id is not None and t is not float):
             return self._invalid(None, ErrorCode.INVALID_REQUEST, "Invalid response: bad or missing id", None, reply=False)
         if obj.get("jsonrpc") != "2.0":
             return self._invalid(id, ErrorCode.INVALID_REQUEST, 'Invalid response: jsonrpc must be "2.0"', None, reply=False)
@@ -348,8 +385,7 @@ class Connection:
             event = _error(id, err["code"], err["message"], err.get("data"))
         else:
             event = _response(id, obj["result"])
-        if id in self._awaiting:
-            del self._awaiting[id]
+        if self._awaiting.pop(id, _MISSING) is not _MISSING:
             return event
         if id in self._abandoned:
             del self._abandoned[id]
@@ -361,7 +397,7 @@ class Connection:
 
     def _invalid_request(self, obj: dict[str, Any], why: str, batch: _Batch | None) -> InvalidMessage:
         id = obj.get("id")
-        if not _valid_id(id) or id in self._owed:
+        if not _valid_id(id) or id in self._owed or (batch is not None and id in batch.errored):
             id = None
         return self._invalid(id, ErrorCode.INVALID_REQUEST, f"Invalid Request: {why}", batch)
 
@@ -375,6 +411,8 @@ class Connection:
         if batch is None:
             return InvalidMessage(error, self._frame(body))
         batch.parts.append(body)
+        if id is not None:
+            batch.errored.add(id)
         return InvalidMessage(error)
 
     # ---- sending ---------------------------------------------------------------------
@@ -389,6 +427,10 @@ class Connection:
         state = TRANSITIONS.get((self.our_state, kind))
         if state is None:
             raise LocalProtocolError(f"cannot send {kind.__name__} in state {self.our_state.name}")
+        if kind is Request:
+            body = self._encode_call(event, ())  # type: ignore[arg-type]
+            self._awaiting[event.id] = None  # type: ignore[union-attr]
+            return self._frame(body)
         if kind is Response or kind is Error:
             return self._send_answer(event)  # type: ignore[arg-type]
         if kind is Cancel:
@@ -396,10 +438,7 @@ class Connection:
         if kind is Closed:
             self.our_state = state
             return b""
-        body = self._encode_call(event, ())  # type: ignore[arg-type]
-        if kind is Request:
-            self._awaiting[event.id] = None  # type: ignore[union-attr]
-        return self._frame(body)
+        return self._frame(self._encode_call(event, ()))  # type: ignore[arg-type]
 
     def send_batch(self, events: Iterable[Request | Notification]) -> bytes:
         """The bytes of one batch holding these requests and notifications. Its answers
@@ -432,7 +471,8 @@ class Connection:
             msg["params"] = event.params
         if type(event) is Request:
             id = event.id
-            if isinstance(id, bool) or not isinstance(id, (int, str)):
+            t = type(id)  # exactly int or str passes at once; subclasses (not bool) too
+            if t is not int and t is not str and (isinstance(id, bool) or not isinstance(id, (int, str))):
                 raise LocalProtocolError(
                     f"a request we send needs an int or str id, not {id!r} "
                     "(Connection.next_id() gives one; a Notification has none)"
@@ -440,7 +480,10 @@ class Connection:
             if id in self._awaiting or id in self._abandoned or id in also_taken:
                 raise LocalProtocolError(f"request id {id!r} is already in flight")
             msg["id"] = id
-        return self._encode(msg)
+        try:  # (not a call to _encode: one call less per message)
+            return self._encode_raw(msg)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise _unencodable(exc) from None
 
     def _send_answer(self, event: Response | Error) -> bytes:
         id = event.id
@@ -476,17 +519,26 @@ class Connection:
 
     def _encode_answer(self, event: Response | Error) -> bytes:
         if type(event) is Response:
-            return self._encode({"jsonrpc": "2.0", "id": event.id, "result": event.result})
-        error: dict[str, Any] = {"code": event.code, "message": event.message}  # type: ignore[union-attr]
-        if event.data is not None:  # type: ignore[union-attr]
-            error["data"] = event.data  # type: ignore[union-attr]
-        return self._encode({"jsonrpc": "2.0", "id": event.id, "error": error})
+            msg = {"jsonrpc": "2.0", "id": event.id, "result": event.result}
+        else:
+            error: dict[str, Any] = {"code": event.code, "message": event.message}  # type: ignore[union-attr]
+            if event.data is not None:  # type: ignore[union-attr]
+                error["data"] = event.data  # type: ignore[union-attr]
+            msg = {"jsonrpc": "2.0", "id": event.id, "error": error}
+        try:  # (not a call to _encode: one call less per message)
+            return self._encode_raw(msg)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise _unencodable(exc) from None
 
     def _encode(self, msg: dict[str, Any]) -> bytes:
         try:
             return self._encode_raw(msg)
         except (ValueError, TypeError, OverflowError) as exc:
-            raise LocalProtocolError(f"cannot encode as JSON: {exc}", ErrorCode.INTERNAL_ERROR) from None
+            raise _unencodable(exc) from None
+
+
+def _unencodable(exc: Exception) -> LocalProtocolError:
+    return LocalProtocolError(f"cannot encode as JSON: {exc}", ErrorCode.INTERNAL_ERROR)
 
 
 _RESERVED = "Method not found: names beginning with 'rpc.' are reserved"

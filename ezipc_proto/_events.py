@@ -166,47 +166,56 @@ class Closed:
 
 Event = Union[Request, Notification, Response, Error, Cancel, InvalidMessage, Closed]
 
-# Private fast constructors for the parser: the slot descriptors' setters skip both
-# __init__'s validation and frozen dataclasses' object.__setattr__ round trip.
-_new = object.__new__
+# Private fast constructors for the parser: they skip __init__'s validation. Each builds
+# a plain slotted twin of the event class (same slots, so the same memory layout), fills
+# the slots with ordinary attribute stores, then re-labels the object with the frozen
+# class: about twice as fast as calling the slot descriptors' setters one by one.
+class _RawRequest:
+    __slots__ = Request.__slots__
 
 
-def _setters(cls: type, *names: str) -> tuple[Any, ...]:
-    return tuple(cls.__dict__[name].__set__ for name in names)
+class _RawNotification:
+    __slots__ = Notification.__slots__
 
 
-_req_method, _req_params, _req_id = _setters(Request, "method", "params", "id")
-_not_method, _not_params = _setters(Notification, "method", "params")
-_res_id, _res_result = _setters(Response, "id", "result")
-_err_id, _err_code, _err_message, _err_data = _setters(Error, "id", "code", "message", "data")
+class _RawResponse:
+    __slots__ = Response.__slots__
+
+
+class _RawError:
+    __slots__ = Error.__slots__
 
 
 def _request(method: str, params: Params, id: Id) -> Request:
-    ev = _new(Request)
-    _req_method(ev, method)
-    _req_params(ev, params)
-    _req_id(ev, id)
-    return ev
+    ev: Any = _RawRequest()
+    ev.method = method
+    ev.params = params
+    ev.id = id
+    ev.__class__ = Request
+    return ev  # type: ignore[no-any-return]
 
 
 def _notification(method: str, params: Params) -> Notification:
-    ev = _new(Notification)
-    _not_method(ev, method)
-    _not_params(ev, params)
-    return ev
+    ev: Any = _RawNotification()
+    ev.method = method
+    ev.params = params
+    ev.__class__ = Notification
+    return ev  # type: ignore[no-any-return]
 
 
 def _response(id: Id, result: Any) -> Response:
-    ev = _new(Response)
-    _res_id(ev, id)
-    _res_result(ev, result)
-    return ev
+    ev: Any = _RawResponse()
+    ev.id = id
+    ev.result = result
+    ev.__class__ = Response
+    return ev  # type: ignore[no-any-return]
 
 
 def _error(id: Id, code: int, message: str, data: Any) -> Error:
-    ev = _new(Error)
-    _err_id(ev, id)
-    _err_code(ev, code)
-    _err_message(ev, message)
-    _err_data(ev, data)
-    return ev
+    ev: Any = _RawError()
+    ev.id = id
+    ev.code = code
+    ev.message = message
+    ev.data = data
+    ev.__class__ = Error
+    return ev  # type: ignore[no-any-return]

@@ -15,6 +15,7 @@ Content-Length one), so the connection survives and the peer gets an error reply
 from __future__ import annotations
 
 import enum
+import re
 from collections import deque
 from typing import Literal, Union
 
@@ -32,8 +33,25 @@ class _Oversize(enum.Enum):
 
 OVERSIZE: Literal[_Oversize.OVERSIZE] = _Oversize.OVERSIZE
 Frame = Union[bytes, bytearray, None, Literal[_Oversize.OVERSIZE]]
+#: A frame already cut: a message body, or OVERSIZE in place of one.
+Cut = bytes | bytearray | Literal[_Oversize.OVERSIZE]
 
 _BLANK = frozenset(b" \t\r")
+#: The usual header block, alone: taken by one regular-expression match (in C).
+_SIMPLE_HEADER = re.compile(rb"Content-Length: ([0-9]{1,20})\r\n\r\n")
+#: A line break followed by a byte that may begin a blank line.
+_BLANK_START = re.compile(rb"\n[ \t\r\n]")
+
+
+def _drop_blank_lines(frames: deque[Cut]) -> None:
+    """Blank lines (empty, or blank space that begins with a space, tab or CR) are
+    skipped; an oversize one was already replaced by ``OVERSIZE``."""
+    kept = [
+        f for f in frames
+        if not isinstance(f, (bytes, bytearray)) or (f and not (f[0] in _BLANK and not f.strip()))
+    ]
+    frames.clear()
+    frames.extend(kept)
 
 
 class NdjsonFramer:
@@ -48,6 +66,9 @@ class NdjsonFramer:
         self._scan = 0  # bytes before this offset hold no newline
         self._skipping = False  # discarding an oversize line up to its newline
         self.scanned = 0
+        #: Frames cut but not yet taken, in order. All the complete lines in the buffer
+        #: are cut at once; a connection pops this directly (one call less per message).
+        self.ready: deque[Cut] = deque()
 
     def feed(self, data: bytes) -> None:
         if self._skipping:  # the buffer is empty: drop bytes up to the newline
@@ -61,6 +82,9 @@ class NdjsonFramer:
         self._buf += data
 
     def next_frame(self) -> Frame:
+        ready = self.ready
+        if ready:
+            return ready.popleft()
         buf = self._buf
         while True:
             nl = buf.find(b"\n", self._scan)
@@ -78,21 +102,34 @@ class NdjsonFramer:
                     self._skipping = True
                     return OVERSIZE
                 return None
-            self.scanned += nl + 1 - self._scan
+            # Cut every complete line now: the first (which may have begun in an earlier
+            # chunk) by a slice, the rest by one split in C. Every byte is scanned once.
             start = self._start
-            self._start = self._scan = nl + 1
-            if nl - start > self._max:
-                return OVERSIZE
-            if start == nl or buf[start] in _BLANK and not buf[start:nl].strip():
-                continue
-            return buf[start:nl]
+            last = buf.rfind(b"\n", nl)
+            self.scanned += len(buf) - self._scan
+            limit = self._max
+            ready.append(OVERSIZE if nl - start > limit else buf[start:nl])
+            if last > nl:
+                with memoryview(buf) as view:
+                    lines = view[nl + 1 : last].tobytes().split(b"\n")
+                if max(map(len, lines)) > limit:
+                    ready.extend(OVERSIZE if len(line) > limit else line for line in lines)
+                else:
+                    ready.extend(lines)
+            if b"" in ready or buf[start] in _BLANK or _BLANK_START.search(buf, nl, last + 1):
+                _drop_blank_lines(ready)
+            del buf[: last + 1]
+            self._start = 0
+            self._scan = len(buf)  # what follows the last newline holds none
+            if ready:
+                return ready.popleft()
 
     def unfinished(self) -> bytes:
         return bytes(self._buf[self._start :])
 
     @property
     def in_message(self) -> bool:
-        return self._skipping or len(self._buf) > self._start
+        return self._skipping or len(self._buf) > self._start or bool(self.ready)
 
     @staticmethod
     def frame(body: bytes) -> bytes:
@@ -113,6 +150,8 @@ class ContentLengthFramer:
         self._need = -1  # body length once the header is read, -1 while reading headers
         self._skip = 0  # body bytes still to discard (an oversize message)
         self.scanned = 0
+        #: Frames cut but not yet taken, in order (see ``NdjsonFramer.ready``).
+        self.ready: deque[Cut] = deque()
 
     def feed(self, data: bytes) -> None:
         if self._skip:
@@ -123,16 +162,23 @@ class ContentLengthFramer:
         self._buf += data
 
     def next_frame(self) -> Frame:
+        ready = self.ready
+        if ready:
+            return ready.popleft()
         buf = self._buf
         if self._skip:
             return None
         if self._need < 0:
+            self._cut_simple()
+            if ready:
+                return ready.popleft()
             end = buf.find(b"\r\n\r\n", self._scan)
             if end < 0:
                 size = len(buf)
                 self.scanned += size - self._scan
                 self._scan = max(self._start, size - 3)  # a delimiter may straddle chunks
-                if size - self._start > MAX_HEADER_SIZE:
+                # + 3: up to three bytes of a delimiter may follow an acceptable block
+                if size - self._start > MAX_HEADER_SIZE + 3:
                     raise RemoteProtocolError(f"header block longer than {MAX_HEADER_SIZE} bytes")
                 self._compact()
                 return None
@@ -161,6 +207,27 @@ class ContentLengthFramer:
         self._start = self._scan = start + need
         return buf[start : start + need]
 
+    def _cut_simple(self) -> None:
+        """Cut, into ``ready``, every complete message from here on whose header block is
+        exactly the usual ``Content-Length: N\\r\\n\\r\\n`` and whose body is within the
+        limit: one match of a regular expression and one slice each. Anything else
+        (other headers, a partial or oversize message, a bad header) is left to the
+        general code in ``next_frame``. A failed match looks at no more than the length
+        of that header line (about 40 bytes), so feeding byte by byte stays linear."""
+        buf, ready, limit, size = self._buf, self.ready, self._max, len(self._buf)
+        match = _SIMPLE_HEADER.match
+        start = first = self._start
+        while (header := match(buf, start)) is not None:
+            body = header.end()
+            end = body + int(header[1])
+            if end > size or end - body > limit:
+                break
+            ready.append(buf[body:end])
+            start = end
+        if start != first:
+            self.scanned += start - max(first, self._scan)
+            self._start = self._scan = start
+
     def _compact(self) -> None:
         if self._start:
             del self._buf[: self._start]
@@ -172,7 +239,7 @@ class ContentLengthFramer:
 
     @property
     def in_message(self) -> bool:
-        return bool(self._skip) or self._need >= 0 or len(self._buf) > self._start
+        return bool(self._skip) or self._need >= 0 or len(self._buf) > self._start or bool(self.ready)
 
     @staticmethod
     def frame(body: bytes) -> bytes:
@@ -210,9 +277,10 @@ class MessageFramer:
         self._max = max_size
         self._queue: deque[bytes] = deque()
         self.scanned = 0
+        self.ready: deque[Cut] = deque()  # always empty: next_frame checks each message
 
     def feed(self, data: bytes) -> None:
-        self._queue.append(data)
+        self._queue.append(bytes(data))  # a copy: the caller may reuse its buffer
 
     def next_frame(self) -> Frame:
         if not self._queue:
@@ -242,6 +310,7 @@ class AutoFramer:
         self._max = max_size
         self._pending = bytearray()
         self.detected: NdjsonFramer | ContentLengthFramer | None = None
+        self.ready: deque[Cut] = deque()  # handed to the detected framer
 
     def feed(self, data: bytes) -> None:
         if self.detected is not None:
@@ -255,6 +324,7 @@ class AutoFramer:
             return
         cls = ContentLengthFramer if head[:1].isalpha() else NdjsonFramer
         self.detected = cls(self._max)
+        self.detected.ready = self.ready
         self.detected.feed(bytes(head))
         del self._pending[:]
 
