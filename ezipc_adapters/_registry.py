@@ -37,7 +37,7 @@ class Handler:
     goes through ``inspect.Signature.bind``.
     """
 
-    __slots__ = ("fn", "name", "is_async", "wants_remote", "_names", "_required", "_simple", "_sig")
+    __slots__ = ("fn", "name", "is_async", "wants_remote", "_names", "_required", "_simple", "_sig", "_full")
 
     def __init__(self, name: str, fn: Callable[..., Any]) -> None:
         if not callable(fn):
@@ -57,6 +57,7 @@ class Handler:
         remote = sig.parameters.get("remote")
         self.wants_remote = remote is not None and remote.kind in (_POK, _KW)
         params = [p for p in sig.parameters.values() if not (self.wants_remote and p.name == "remote")]
+        self._full = sig
         self._sig = sig.replace(parameters=params)
         self._simple = all(p.kind is _POK for p in params)
         self._names = tuple(p.name for p in params)
@@ -104,6 +105,14 @@ class Handler:
                     bound = self._sig.bind(**params)
             except TypeError as exc:
                 raise InvalidParams(str(exc)) from None
+            if self.wants_remote:
+                # Re-bind against the whole signature, so `remote` takes its own place
+                # wherever it stands among positional parameters and **kwargs.
+                arguments = {**bound.arguments, "remote": remote}
+                full = inspect.BoundArguments(
+                    self._full, {n: arguments[n] for n in self._full.parameters if n in arguments}
+                )
+                return full.args, full.kwargs
             args, kwargs = bound.args, bound.kwargs
         if self.wants_remote:
             kwargs = {**kwargs, "remote": remote}

@@ -460,3 +460,16 @@ async def test_errors_in_the_connect_block_are_not_wrapped() -> None:
             async with connect(address) as remote:
                 await remote.request("sum", [1])
                 raise KeyError("mine")
+
+
+async def test_remote_may_stand_anywhere_even_before_kwargs() -> None:
+    server = Server()
+
+    @server.method
+    async def tools_call(remote: Remote, name: str, arguments: Any = None, **extra: Any) -> list[Any]:
+        return [remote.remote_address.startswith("tcp://"), name, arguments, sorted(extra)]
+
+    async with serving(server) as (address,), connect(address) as remote:
+        got = await remote.request("tools_call", {"name": "add", "arguments": {"a": 2}, "_meta": {}})
+        assert got == [True, "add", {"a": 2}, ["_meta"]]
+        assert await remote.request("tools_call", ["add"]) == [True, "add", None, []]
