@@ -220,6 +220,9 @@ class Remote:
         self.peer_certificate: dict[str, Any] | None = extra(TLSAttribute.peer_certificate, None)
         raw = extra(anyio.abc.SocketAttribute.raw_socket, None)
         self.peer_credentials: PeerCredentials | None = peer_credentials(raw) if raw is not None else None
+        if self.remote_address == "unix:" and self.peer_credentials is not None:
+            creds = self.peer_credentials
+            self.remote_address = f"unix:pid={creds.pid},uid={creds.uid}"
 
     def __repr__(self) -> str:
         return f"<Remote {self.remote_address} {'closed' if self._closed else 'open'}>"
@@ -235,7 +238,8 @@ class Remote:
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        """True once no more calls can be made (closed, or the peer sends nothing more)."""
+        return self._closed or self._peer_eof
 
     @property
     def framing(self) -> str:
@@ -256,7 +260,7 @@ class Remote:
         ``timeout`` (seconds; default ``request_timeout``): then the call fails with
         ``TimeoutError`` and the peer is told to cancel. ``callback(call)`` (sync or async)
         runs when the call finishes, however it finishes."""
-        if self._closed:
+        if self._closed or self._peer_eof:
             raise ConnectionClosed(f"{self.remote_address}: {self._close_reason}")
         if len(self._waiters) >= self.options.max_pending:
             raise LimitExceeded(f"{len(self._waiters)} requests already await an answer (max_pending)")
@@ -291,7 +295,7 @@ class Remote:
         one JSON-RPC batch; return one item per request, in order: its result, or the
         ``RemoteError`` it was answered with (returned, not raised). Timeouts and
         disconnects raise as for ``request``."""
-        if self._closed:
+        if self._closed or self._peer_eof:
             raise ConnectionClosed(f"{self.remote_address}: {self._close_reason}")
         requests = list(requests)
         if len(self._waiters) + len(requests) > self.options.max_pending:
@@ -366,18 +370,35 @@ class Remote:
     def _fail_pending(self) -> None:
         self._closed = True
         self._closing.set()
-        if self._waiters:
-            exc = ConnectionClosed(f"{self.remote_address}: {self._close_reason}")
-            waiters = list(self._waiters.values())
-            self._waiters.clear()
-            for call in waiters:
-                call._finish(None, exc)
+        self._fail_waiters(self._close_reason)
         self._backlog.clear()
         self._deadlines.clear()
         wakeups = list(self._wakeups.values())
         self._wakeups.clear()
         for event in wakeups:
             event.set()
+
+    def _fail_waiters(self, reason: str) -> None:
+        if self._waiters:
+            exc = ConnectionClosed(f"{self.remote_address}: {reason}")
+            waiters = list(self._waiters.values())
+            self._waiters.clear()
+            for call in waiters:
+                call._finish(None, exc)
+
+    async def _finish_after_eof(self) -> None:
+        """The peer will send nothing more (EOF), though it may still read: our calls can
+        no longer be answered and fail now, but its requests already received are
+        finished and answered (for up to ``shutdown_timeout``) before we close. A peer
+        that has closed altogether makes the first write fail, which closes at once."""
+        self._peer_eof = True
+        self._fail_waiters("closed by the peer")
+        with anyio.move_on_after(self.options.shutdown_timeout):
+            while (self._running or self._backlog or self._notifications or self._notif_busy) and not self._closed:
+                await self._sleep_until_woken("idle")
+        self.close("closed by the peer")
+
+    _peer_eof = False
 
     async def _connect_hooks(self) -> None:
         if self._auth_pending:
@@ -606,10 +627,21 @@ class Remote:
                         )
                     self._reading = False
                     self._wake("write")
-                    self.close("closed by the peer")
+                    await self._finish_after_eof()
                     return
                 if self._log_messages and kind is not InvalidMessage:
                     log.debug("%s -> %r", self.remote_address, event)
+                if self._out_size > self.options.write_buffer_size:
+                    # The answers to this chunk already fill the write buffer: send them
+                    # before handling more of it (a chunk of small requests for large
+                    # answers must not make us queue without bound).
+                    self._reading = False
+                    if not self._writing:
+                        await self._send_queued()
+                    await self._writable()
+                    if self._closed:
+                        return
+                    self._reading = True
             self._reading = False
             if self._out and not self._writing:
                 await self._send_queued()
@@ -739,6 +771,7 @@ class Remote:
             data = self._conn.send(answer)
         if type(answer) is Error:
             self._stats.errors += 1
+            log.info("%s: %s answered with error %s: %s", self.remote_address, method, answer.code, answer.message)
         self._write(data)
 
     def _authenticate(self, event: Request) -> None:
@@ -780,15 +813,22 @@ class Remote:
             handler = self._hooks.notifications.get(event.method)
             if handler is None:
                 log.debug("%s: no handler for notification %r", self.remote_address, event.method)
-                continue
-            try:
-                result = call_handler(handler, event.params, self)
-                if handler.is_async or inspect.isawaitable(result):
-                    await result
-            except (RemoteError, InvalidParams) as exc:
-                log.warning("notification %r from %s: %s", event.method, self.remote_address, exc)
-            except Exception:
-                log.exception("notification handler %r raised", event.method)
+            else:
+                self._notif_busy = True
+                try:
+                    result = call_handler(handler, event.params, self)
+                    if handler.is_async or inspect.isawaitable(result):
+                        await result
+                except (RemoteError, InvalidParams) as exc:
+                    log.warning("notification %r from %s: %s", event.method, self.remote_address, exc)
+                except Exception:
+                    log.exception("notification handler %r raised", event.method)
+                finally:
+                    self._notif_busy = False
+            if not queue:
+                self._wake("idle")
+
+    _notif_busy = False
 
     # ---- internals: our calls --------------------------------------------------------
 
@@ -1310,8 +1350,10 @@ def _check_stale_socket(path: str) -> None:
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(path)
-    except OSError:
+    except (ConnectionRefusedError, FileNotFoundError):
         return  # nobody listening: anyio replaces it
+    except OSError as exc:  # e.g. EACCES: it may well be live, and is not ours to remove
+        raise OSError(exc.errno, f"cannot tell whether a server listens on ({exc.strerror})", path) from None
     finally:
         probe.close()
     raise OSError(errno.EADDRINUSE, "a server is already listening on", path)

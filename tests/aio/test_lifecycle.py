@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import anyio
@@ -174,7 +175,9 @@ async def test_disconnect_fails_every_pending_call_at_once() -> None:
 
 
 async def test_client_going_away_cancels_server_handlers_and_runs_disconnect_once() -> None:
-    rec = Recorder()
+    # After EOF the server gives requests already received up to shutdown_timeout to
+    # finish (the peer may only have closed its sending side), then cancels them.
+    rec = Recorder(shutdown_timeout=0.3)
     disconnects: list[Remote] = []
     rec.server.hook_disconnect(disconnects.append)
     async with serving(rec.server) as (address,):
@@ -346,7 +349,8 @@ async def test_a_peer_that_never_reads_does_not_grow_our_buffer() -> None:
                 sent += 100
         (remote,) = server.remotes
         assert remote._out_size <= 64 * 1024 + 10_100 * 100  # bounded: one chunk's answers at most
-        assert sent < 100_000  # we were pushed back: the kernel buffers filled up
+        # The server stopped reading: most of what we sent waits unread in the kernel.
+        assert remote.stats.messages_in < sent / 2
 
 
 async def test_shared_secret_authentication() -> None:
@@ -373,3 +377,21 @@ async def test_shared_secret_authentication() -> None:
             await peer.send({"jsonrpc": "2.0", "method": "ping"})
             assert await peer.receive_eof() == b""
         assert len(connected) == 1
+
+
+async def test_a_peer_that_closes_its_sending_side_still_gets_its_answers() -> None:
+    server = Server()
+
+    @server.method
+    async def slow(x: int) -> int:
+        await anyio.sleep(0.1)
+        return x * 2
+
+    server.hook_request("quick", lambda x: x + 1)
+    async with serving(server) as (address,), raw_connect(address) as peer:
+        await peer.send({"jsonrpc": "2.0", "method": "slow", "params": [21], "id": 1})
+        await peer.send({"jsonrpc": "2.0", "method": "quick", "params": [1], "id": 2})
+        await peer.stream.send_eof()  # half-close: we still read
+        rest = await peer.receive_eof()
+    answers = sorted((json.loads(line) for line in rest.splitlines()), key=lambda a: a["id"])
+    assert answers == [{"jsonrpc": "2.0", "id": 1, "result": 42}, {"jsonrpc": "2.0", "id": 2, "result": 2}]
