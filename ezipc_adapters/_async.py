@@ -639,7 +639,7 @@ class Remote:
                     if not self._writing:
                         await self._send_queued()
                     await self._writable()
-                    if self._closed:
+                    if self._closing.is_set():
                         return
                     self._reading = True
             self._reading = False
@@ -1262,7 +1262,7 @@ class Server(Hooks):
                 local_host=addr.host, local_port=addr.port
             )
             if options.ssl is not None:
-                listener = TLSListener(listener, options.ssl, standard_compatible=False)
+                listener = _TLSListener(listener, options.ssl, standard_compatible=False)
             return listener
         _check_stale_socket(addr.path)
         return await anyio.create_unix_listener(addr.path, mode=options.unix_mode)
@@ -1326,6 +1326,22 @@ class Server(Hooks):
 
     bcast_notif = broadcast  # the original EZ-IPC's names
     bcast_request = broadcast_request
+
+
+class _TLSListener(TLSListener):
+    """anyio's TLS listener, logging a failed handshake (a scanner, a plain-text client, a
+    wrong certificate) as one line on the "ezipc" logger instead of a traceback."""
+
+    @staticmethod
+    async def handle_handshake_error(exc: BaseException, stream: anyio.abc.AnyByteStream) -> None:
+        await anyio.aclose_forcefully(stream)
+        if isinstance(exc, anyio.get_cancelled_exc_class()) or not isinstance(exc, Exception):
+            raise exc
+        peer = _describe(
+            stream.extra(anyio.abc.SocketAttribute.family, None),
+            stream.extra(anyio.abc.SocketAttribute.remote_address, None),
+        )
+        log.warning("%s: TLS handshake failed: %s", peer, exc.__cause__ or exc)
 
 
 def _bound(listener: anyio.abc.Listener[Any], addr: Address) -> list[str]:
