@@ -394,7 +394,9 @@ class Remote:
         self._peer_eof = True
         self._fail_waiters("closed by the peer")
         with anyio.move_on_after(self.options.shutdown_timeout):
-            while (self._running or self._backlog or self._notifications or self._notif_busy) and not self._closed:
+            while (
+                self._running or self._backlog or self._notifications or self._notif_busy
+            ) and not self._closed:
                 await self._sleep_until_woken("idle")
         self.close("closed by the peer")
 
@@ -477,7 +479,7 @@ class Remote:
         self._out_size += len(data)
         self._stats.messages_out += 1
         if self._log_messages:
-            log.debug("%s <- %s", self.remote_address, _short(data))
+            log.debug("sent to %s: %s", self.remote_address, _short(data))
         if not self._writing and not self._reading:
             self._wake("write")
 
@@ -596,6 +598,8 @@ class Remote:
                 if event is NEED_DATA:
                     break
                 kind = type(event)
+                if self._log_messages and kind is not InvalidMessage:
+                    log.debug("received from %s: %s", self.remote_address, _short(repr(event).encode()))
                 if kind is Response:
                     stats.messages_in += 1
                     call = waiters.pop(event.id, None)  # type: ignore[union-attr]
@@ -629,8 +633,6 @@ class Remote:
                     self._wake("write")
                     await self._finish_after_eof()
                     return
-                if self._log_messages and kind is not InvalidMessage:
-                    log.debug("%s -> %r", self.remote_address, event)
                 if self._out_size > self.options.write_buffer_size:
                     # The answers to this chunk already fill the write buffer: send them
                     # before handling more of it (a chunk of small requests for large
@@ -771,7 +773,9 @@ class Remote:
             data = self._conn.send(answer)
         if type(answer) is Error:
             self._stats.errors += 1
-            log.info("%s: %s answered with error %s: %s", self.remote_address, method, answer.code, answer.message)
+            log.info(
+                "%s: %s answered with error %s: %s", self.remote_address, method, answer.code, answer.message
+            )
         self._write(data)
 
     def _authenticate(self, event: Request) -> None:
@@ -779,8 +783,10 @@ class Remote:
         token = event.params.get("token") if isinstance(event.params, dict) else None
         expected = self.options.auth_token
         assert expected is not None
-        if event.method == AUTH_METHOD and isinstance(token, str) and hmac.compare_digest(
-            token.encode(), expected.encode()
+        if (
+            event.method == AUTH_METHOD
+            and isinstance(token, str)
+            and hmac.compare_digest(token.encode(), expected.encode())
         ):
             self._auth_pending = False
             self._auth_done.set()
@@ -1161,19 +1167,39 @@ class Server(Hooks):
         """The connected peers."""
         return frozenset(self._remotes)
 
-    def start(self, *addresses: str, backend: str | None = None, use_uvloop: bool = False) -> None:
-        """Serve until SIGINT or SIGTERM, then shut down gracefully. Blocks."""
+    def start(
+        self,
+        *addresses: str,
+        backend: str | None = None,
+        use_uvloop: bool = False,
+        ready: Callable[[list[str]], Any] | None = None,
+    ) -> None:
+        """Serve until SIGINT or SIGTERM, then shut down gracefully. Blocks.
+
+        ``ready(addresses)``, if given, is called once listening, with the bound addresses
+        (e.g. to print the port chosen for ``tcp://127.0.0.1:0``)."""
         backend = backend or self.backend
         backend_options = {"use_uvloop": True} if use_uvloop and backend == "asyncio" else {}
-        anyio.run(self._main, addresses, backend=backend, backend_options=backend_options)
+        anyio.run(self._main, addresses, ready, backend=backend, backend_options=backend_options)
 
     run = start  # the original EZ-IPC's name for serving
 
-    async def _main(self, addresses: Sequence[str]) -> None:
+    async def _main(self, addresses: Sequence[str], ready: Callable[[list[str]], Any] | None) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch_signals)
-            await self.serve(*addresses)
-            tg.cancel_scope.cancel()
+            bound = await tg.start(self._serve_then_stop, addresses, tg.cancel_scope)
+            if ready is not None:
+                ready(bound)
+
+    async def _serve_then_stop(
+        self,
+        addresses: Sequence[str],
+        scope: anyio.CancelScope,
+        *,
+        task_status: anyio.abc.TaskStatus[list[str]],
+    ) -> None:
+        await self.serve(*addresses, task_status=task_status)
+        scope.cancel()
 
     async def _watch_signals(self) -> None:
         try:
@@ -1296,17 +1322,29 @@ class Server(Hooks):
             self._remotes.discard(remote)
             log.info("connection from %s closed (%s)", remote.remote_address, remote._close_reason)
 
-    async def broadcast(self, method: str, params: Any = None) -> None:
-        """Notify every connected peer."""
-        for remote in list(self._remotes):
-            if not remote.closed and not remote._auth_pending:
+    def _audience(self, exclude: Remote | Iterable[Remote] | None) -> list[Remote]:
+        """Connected (and authenticated) peers, minus ``exclude``."""
+        skip = {exclude} if isinstance(exclude, Remote) else set(exclude or ())
+        return [r for r in self._remotes if not r._auth_pending and not r.closed and r not in skip]
+
+    async def broadcast(
+        self, method: str, params: Any = None, *, exclude: Remote | Iterable[Remote] | None = None
+    ) -> None:
+        """Notify every connected peer (but those in ``exclude``, e.g. the sender)."""
+        for remote in self._audience(exclude):
+            if not remote.closed:
                 try:
                     await remote.notify(method, params)
                 except ConnectionClosed:
                     pass
 
     async def broadcast_request(
-        self, method: str, params: Any = None, *, timeout: float | None = None
+        self,
+        method: str,
+        params: Any = None,
+        *,
+        timeout: float | None = None,
+        exclude: Remote | Iterable[Remote] | None = None,
     ) -> dict[Remote, Any]:
         """Call every connected peer at once; map each ``Remote`` to its result or to the
         exception its call ended with."""
@@ -1319,9 +1357,8 @@ class Server(Hooks):
                 results[remote] = exc
 
         async with anyio.create_task_group() as tg:
-            for remote in list(self._remotes):
-                if not remote.closed and not remote._auth_pending:
-                    tg.start_soon(one, remote)
+            for remote in self._audience(exclude):
+                tg.start_soon(one, remote)
         return results
 
     bcast_notif = broadcast  # the original EZ-IPC's names
@@ -1334,13 +1371,16 @@ class _TLSListener(TLSListener):
 
     @staticmethod
     async def handle_handshake_error(exc: BaseException, stream: anyio.abc.AnyByteStream) -> None:
+        try:  # before closing: a closed socket no longer knows its peer
+            peer = _describe(
+                stream.extra(anyio.abc.SocketAttribute.family, None),
+                stream.extra(anyio.abc.SocketAttribute.remote_address, None),
+            )
+        except OSError:
+            peer = "a TLS client"
         await anyio.aclose_forcefully(stream)
         if isinstance(exc, anyio.get_cancelled_exc_class()) or not isinstance(exc, Exception):
             raise exc
-        peer = _describe(
-            stream.extra(anyio.abc.SocketAttribute.family, None),
-            stream.extra(anyio.abc.SocketAttribute.remote_address, None),
-        )
         log.warning("%s: TLS handshake failed: %s", peer, exc.__cause__ or exc)
 
 

@@ -473,3 +473,29 @@ async def test_remote_may_stand_anywhere_even_before_kwargs() -> None:
         got = await remote.request("tools_call", {"name": "add", "arguments": {"a": 2}, "_meta": {}})
         assert got == [True, "add", {"a": 2}, ["_meta"]]
         assert await remote.request("tools_call", ["add"]) == [True, "add", None, []]
+
+
+async def test_broadcast_can_exclude_the_sender() -> None:
+    server = Server()
+    heard: dict[str, list[str]] = {"a": [], "b": []}
+
+    @server.method
+    async def say(text: str, remote: Remote) -> None:
+        await server.broadcast("heard", [text], exclude=remote)
+
+    def client_for(name: str) -> Client:
+        client = Client()
+        client.hook_notif("heard", lambda text: heard[name].append(text))
+        return client
+
+    async with serving(server) as (address,):
+        async with client_for("a").connect(address) as a, client_for("b").connect(address) as b:
+            with anyio.fail_after(5):
+                while len(server.remotes) < 2:
+                    await anyio.sleep(0.01)
+            await a.request("say", ["from a"])
+            await b.request("say", ["from b"])
+            with anyio.fail_after(5):
+                while not (heard["a"] and heard["b"]):
+                    await anyio.sleep(0.01)
+    assert heard == {"a": ["from b"], "b": ["from a"]}
