@@ -11,7 +11,6 @@ that line (or the write buffer) is full.
 from __future__ import annotations
 
 import contextlib
-import errno
 import heapq
 import hmac
 import inspect
@@ -20,7 +19,6 @@ import logging
 import math
 import os
 import signal
-import socket
 import stat
 import sys
 from collections import deque
@@ -51,7 +49,7 @@ from ezipc_proto import (
 from ._address import DEFAULT_ADDRESS, Address, parse_address
 from ._errors import ConnectionClosed, LimitExceeded, RemoteError, RequestCancelled
 from ._options import Options, Stats
-from ._peer import PeerCredentials, format_sockaddr, peer_credentials
+from ._peer import PeerCredentials, format_sockaddr, free_unix_path, peer_credentials
 from ._registry import (
     Hooks,
     InvalidParams,
@@ -1290,7 +1288,7 @@ class Server(Hooks):
             if options.ssl is not None:
                 listener = _TLSListener(listener, options.ssl, standard_compatible=False)
             return listener
-        _check_stale_socket(addr.path)
+        free_unix_path(addr.path)
         return await anyio.create_unix_listener(addr.path, mode=options.unix_mode)
 
     async def _handle(self, stream: anyio.abc.ByteStream) -> None:
@@ -1394,25 +1392,6 @@ def _bound(listener: anyio.abc.Listener[Any], addr: Address) -> list[str]:
         local = one.extra(anyio.abc.SocketAttribute.local_address, None)
         out.append(format_sockaddr(family, local) if family is not None else str(addr))
     return out
-
-
-def _check_stale_socket(path: str) -> None:
-    """Refuse to take over a socket a live server is listening on; remove a dead one."""
-    try:
-        if not stat.S_ISSOCK(os.stat(path).st_mode):
-            raise FileExistsError(errno.EEXIST, "exists and is not a socket", path)
-    except FileNotFoundError:
-        return
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except (ConnectionRefusedError, FileNotFoundError):
-        return  # nobody listening: anyio replaces it
-    except OSError as exc:  # e.g. EACCES: it may well be live, and is not ours to remove
-        raise OSError(exc.errno, f"cannot tell whether a server listens on ({exc.strerror})", path) from None
-    finally:
-        probe.close()
-    raise OSError(errno.EADDRINUSE, "a server is already listening on", path)
 
 
 AsyncHandler = Callable[..., Awaitable[Any]]

@@ -81,8 +81,8 @@ def test_spawn_verbose_server_logs_each_message(methods_file: Path) -> None:
     child = cli_command("serve", str(methods_file), "--listen", "stdio", "--verbose")
     proc = cli("call", "--spawn", child, "add", "1", "2")
     assert (proc.returncode, proc.stdout) == (0, "3\n"), proc.stderr
-    assert "DEBUG stdio -> Request(method='add'" in proc.stderr  # the child's log, on stderr
-    assert 'DEBUG stdio <- {"jsonrpc":"2.0","id":1,"result":3}' in proc.stderr
+    assert "DEBUG received from stdio: Request(method='add'" in proc.stderr  # the child's log, on stderr
+    assert 'DEBUG sent to stdio: {"jsonrpc":"2.0","id":1,"result":3}' in proc.stderr
 
 
 def test_spawn_failures_exit_4(capfd: pytest.CaptureFixture[str]) -> None:

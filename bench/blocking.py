@@ -1,0 +1,350 @@
+#!/usr/bin/env python3
+"""Blocking adapter benchmark: ``ezipc_adapters.blocking`` against a floor in the same run.
+
+    python bench/blocking.py            # about a minute
+    python bench/blocking.py --quick    # about 20 s
+    python bench/blocking.py --profile client|server   # cProfile one side's hot path
+
+Every server runs in a child process, on loopback TCP, NDJSON. The floor is
+``../shared/bench/impls/floor_blocking.py``: bare blocking sockets, ``json``, newline
+framing, one thread a side, TCP_NODELAY. Methods as the shared harness: ``add {"a": i,
+"b": 1}`` and ``echo {"s": <1 KiB>}`` (named params).
+
+Rows:
+* ``seq``: one call at a time, latency mean / p50 / p99 in µs (ezipc: ``remote.request``);
+* ``pipe64``: 64 calls in flight, requests/s (floor: one thread writes ahead of the
+  answers it reads; ezipc: ``remote.submit`` futures, as ``drive_futures`` does);
+* ``threads``: against a server whose handler sleeps 1 ms, requests/s of 1 thread and of
+  8 threads sharing one ``Remote`` (target: 8 threads >= 3x one thread);
+* ``by side``: the floor client against the ezipc server, and the ezipc client against
+  the floor server (sequential ``add``), to see which side costs what.
+
+Ratios compare medians of interleaved repeats (floor, ezipc, floor, ezipc, ...), since
+loopback numbers on a shared 2-core machine move 10-30% between runs. Target from the
+issue: sequential latency <= 1.2x the floor's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+ECHO = "x" * 1024
+HERE = os.path.abspath(__file__)
+
+
+def params(method: str, i: int) -> dict[str, Any]:
+    return {"a": i, "b": 1} if method == "add" else {"s": ECHO}
+
+
+def expected(method: str, i: int) -> Any:
+    return i + 1 if method == "add" else ECHO
+
+
+def handle(method: str, p: dict[str, Any]) -> Any:
+    if method == "add":
+        return p["a"] + p["b"]
+    if method == "echo":
+        return p["s"]
+    raise KeyError(method)
+
+
+# ---- servers (child processes) ---------------------------------------------------------
+
+
+def serve_floor(ready: Any) -> None:
+    srv = socket.create_server(("127.0.0.1", 0))
+    ready(srv.getsockname()[1])
+    while True:
+        conn, _ = srv.accept()
+        threading.Thread(target=_floor_conn, args=(conn,), daemon=True).start()
+
+
+def _floor_conn(conn: socket.socket) -> None:
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    rfile, wfile = conn.makefile("rb"), conn.makefile("wb", buffering=0)
+    loads, dumps = json.loads, json.dumps
+    for line in rfile:
+        msg = loads(line)
+        wfile.write(dumps({"jsonrpc": "2.0", "id": msg["id"],
+                           "result": handle(msg["method"], msg["params"])}).encode() + b"\n")
+
+
+def serve_ezipc(ready: Any, sleep: float = 0.0) -> None:
+    from ezipc_adapters.blocking import Server
+
+    server = Server(framing="ndjson", max_workers=16)
+
+    if sleep:
+        @server.hook_request("add")
+        def add_slow(a: int, b: int) -> int:
+            time.sleep(sleep)
+            return a + b
+    else:
+        server.hook_request("add", lambda a, b: a + b)
+    server.hook_request("echo", lambda s: s)
+    server.hook_notif("stop", lambda: server.shutdown(wait=False))
+    addresses = server.serve_in_thread("tcp://127.0.0.1:0")
+    ready(int(addresses[0].rsplit(":", 1)[1]))
+    server._stopped.wait()
+
+
+def child_main(kind: str) -> None:
+    def ready(port: int) -> None:
+        sys.stdout.write(f"{port}\n")
+        sys.stdout.flush()
+
+    if kind == "floor":
+        serve_floor(ready)
+    elif kind == "ezipc":
+        serve_ezipc(ready)
+    elif kind == "ezipc-sleep":
+        serve_ezipc(ready, sleep=0.001)
+    else:
+        raise SystemExit(f"unknown server {kind!r}")
+
+
+class Child:
+    def __init__(self, kind: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, HERE, "--serve", kind], stdout=subprocess.PIPE)
+        assert self.proc.stdout is not None
+        self.port = int(self.proc.stdout.readline())
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+# ---- clients ---------------------------------------------------------------------------
+
+
+def seq_stats(lat_ns: list[int]) -> dict[str, float]:
+    lat = sorted(lat_ns)
+    n = len(lat)
+    return {"mean": sum(lat) / n / 1e3, "p50": lat[n // 2] / 1e3, "p99": lat[max(0, int(n * 0.99) - 1)] / 1e3}
+
+
+def floor_client(port: int, method: str, seq_n: int, pipe_n: int, inflight: int) -> dict[str, float]:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    rfile, wfile = sock.makefile("rb"), sock.makefile("wb", buffering=0)
+    loads, dumps, pc = json.loads, json.dumps, time.perf_counter_ns
+    ids = iter(range(1, 1 << 62))
+
+    def send(i: int) -> None:
+        wfile.write(dumps({"jsonrpc": "2.0", "id": next(ids), "method": method,
+                           "params": params(method, i)}).encode() + b"\n")
+
+    def recv() -> Any:
+        return loads(rfile.readline())["result"]
+
+    for i in range(200):
+        send(i)
+        recv()
+    lat = []
+    for i in range(seq_n):
+        t0 = pc()
+        send(i)
+        r = recv()
+        lat.append(pc() - t0)
+        assert r == expected(method, i)
+    out = seq_stats(lat)
+    t0 = pc()
+    for i in range(min(inflight, pipe_n)):
+        send(i)
+    for i in range(pipe_n):
+        assert recv() == expected(method, i)
+        if i + inflight < pipe_n:
+            send(i + inflight)
+    out["pipe"] = pipe_n / max(1, pc() - t0) * 1e9
+    sock.close()
+    return out
+
+
+def ezipc_client(port: int, method: str, seq_n: int, pipe_n: int, inflight: int) -> dict[str, float]:
+    from ezipc_adapters.blocking import connect
+
+    pc = time.perf_counter_ns
+    with connect(f"tcp://127.0.0.1:{port}") as remote:
+        request, submit = remote.request, remote.submit
+        for i in range(200):
+            request(method, params(method, i))
+        lat = []
+        for i in range(seq_n):
+            p = params(method, i)
+            t0 = pc()
+            r = request(method, p)
+            lat.append(pc() - t0)
+            assert r == expected(method, i)
+        out = seq_stats(lat)
+        window: collections.deque[Any] = collections.deque()
+        t0 = pc()
+        for i in range(pipe_n):
+            if len(window) >= inflight:
+                j, f = window.popleft()
+                assert f.result() == expected(method, j)
+            window.append((i, submit(method, params(method, i))))
+        for j, f in window:
+            assert f.result() == expected(method, j)
+        out["pipe"] = pipe_n / max(1, pc() - t0) * 1e9
+    return out
+
+
+def threads_client(port: int, nthreads: int, n: int) -> float:
+    """Requests/s with ``nthreads`` threads sharing one Remote (n calls in all)."""
+    from ezipc_adapters.blocking import connect
+
+    with connect(f"tcp://127.0.0.1:{port}") as remote:
+        for i in range(20):
+            remote.request("add", {"a": i, "b": 1})
+        per = n // nthreads
+        barrier = threading.Barrier(nthreads + 1)
+        errors = []
+
+        def work(k: int) -> None:
+            barrier.wait()
+            for i in range(per):
+                if remote.request("add", {"a": i, "b": k}) != i + k:
+                    errors.append(i)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(nthreads)]
+        for t in threads:
+            t.start()
+        barrier.wait()
+        t0 = time.perf_counter()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - t0
+        assert not errors
+    return per * nthreads / elapsed
+
+
+# ---- main ------------------------------------------------------------------------------
+
+
+def profile(side: str, n: int) -> None:
+    import cProfile
+    import pstats
+
+    if side == "client":
+        child = Child("ezipc")
+        try:
+            prof = cProfile.Profile()
+            prof.enable()
+            ezipc_client(child.port, "add", n, 10, 1)
+            prof.disable()
+        finally:
+            child.stop()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        return
+    # The server's hot path runs in its reading threads (and pool workers): profile them all.
+    import ezipc_adapters._blocking as B
+    from ezipc_adapters.blocking import Server
+
+    profiles: list[cProfile.Profile] = []
+    original_lead, original_work = B.Remote._lead, B._Pool._work
+
+    def wrap(fn: Any) -> Any:
+        def run(*args: Any) -> Any:
+            prof = cProfile.Profile()
+            profiles.append(prof)
+            prof.enable()
+            try:
+                return fn(*args)
+            finally:
+                prof.disable()
+        return run
+
+    B.Remote._lead = wrap(original_lead)  # type: ignore[method-assign]
+    B._Pool._work = wrap(original_work)  # type: ignore[method-assign]
+    server = Server(framing="ndjson")
+    server.hook_request("add", lambda a, b: a + b)
+    port = int(server.serve_in_thread("tcp://127.0.0.1:0")[0].rsplit(":", 1)[1])
+    code = (f"import sys; sys.path.insert(0, {os.path.dirname(HERE)!r}); import blocking as b; "
+            f"b.floor_client({port}, 'add', {n}, 10, 1)")
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    proc.wait()
+    server.shutdown()
+    stats = pstats.Stats(profiles[0])
+    for prof in profiles[1:]:
+        stats.add(prof)
+    stats.sort_stats("tottime").print_stats(25)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeat", type=int, default=None)
+    ap.add_argument("--serve", help=argparse.SUPPRESS)
+    ap.add_argument("--profile", choices=("client", "server"))
+    ap.add_argument("--json", action="store_true", help="also print the raw medians as JSON")
+    args = ap.parse_args()
+    if args.serve:
+        child_main(args.serve)
+        return
+    sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+    if args.profile:
+        profile(args.profile, 3000 if args.quick else 10000)
+        return
+    repeat = args.repeat or (3 if args.quick else 5)
+    seq_n = 1000 if args.quick else 3000
+    pipe_n = 3000 if args.quick else 10000
+    thread_n = 800 if args.quick else 2400
+
+    results: dict[str, list[dict[str, float]]] = collections.defaultdict(list)
+    floor, ez, slow = Child("floor"), Child("ezipc"), Child("ezipc-sleep")
+    try:
+        for rep in range(repeat):
+            for method in ("add", "echo"):
+                results[f"floor {method}"].append(floor_client(floor.port, method, seq_n, pipe_n, 64))
+                results[f"ezipc {method}"].append(ezipc_client(ez.port, method, seq_n, pipe_n, 64))
+            # Which side costs what: each ezipc side against the other side's floor.
+            results["cross floor->ezipc"].append(floor_client(ez.port, "add", seq_n, 0, 64))
+            results["cross ezipc->floor"].append(ezipc_client(floor.port, "add", seq_n, 0, 64))
+            one = threads_client(slow.port, 1, thread_n // 4)
+            eight = threads_client(slow.port, 8, thread_n)
+            results["threads"].append({"one": one, "eight": eight})
+            print(f"  repeat {rep + 1}/{repeat} done", file=sys.stderr)
+    finally:
+        for child in (floor, ez, slow):
+            child.stop()
+
+    def med(name: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[name])
+
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, {repeat} interleaved repeats (medians)")
+    print(f"{'':14}{'mean µs':>9}{'p50 µs':>9}{'p99 µs':>9}{'pipe64 req/s':>14}")
+    for method in ("add", "echo"):
+        for impl in ("floor", "ezipc"):
+            name = f"{impl} {method}"
+            print(f"{name:14}{med(name, 'mean'):9.1f}{med(name, 'p50'):9.1f}{med(name, 'p99'):9.1f}"
+                  f"{med(name, 'pipe'):14,.0f}")
+    print()
+    for method in ("add", "echo"):
+        f, e = f"floor {method}", f"ezipc {method}"
+        print(f"{method}: sequential latency ezipc/floor  mean {med(e, 'mean') / med(f, 'mean'):.2f}x"
+              f"  p50 {med(e, 'p50') / med(f, 'p50'):.2f}x  (target <= 1.2x);"
+              f"  pipe64 throughput ezipc/floor {med(e, 'pipe') / med(f, 'pipe'):.2f}x")
+    f, to_server, to_floor = (med("floor add", "p50"), med("cross floor->ezipc", "p50"),
+                              med("cross ezipc->floor", "p50"))
+    print(f"add, sequential p50 by side: floor client -> ezipc server {to_server:.1f} µs"
+          f" ({to_server / f:.2f}x), ezipc client -> floor server {to_floor:.1f} µs ({to_floor / f:.2f}x)")
+    one, eight = med("threads", "one"), med("threads", "eight")
+    print(f"1 ms handler: 1 thread {one:,.0f} req/s, 8 threads sharing one Remote {eight:,.0f} req/s:"
+          f" {eight / one:.2f}x (target >= 3x)")
+    if args.json:
+        print(json.dumps({k: {key: statistics.median(r[key] for r in v) for key in v[0]}
+                          for k, v in results.items()}))
+
+
+if __name__ == "__main__":
+    main()

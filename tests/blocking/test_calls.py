@@ -1,0 +1,261 @@
+"""Calls in both directions: server -> client, nested callbacks (the original EZ-IPC's
+deadlock), many threads sharing one Remote, submit() futures and callbacks."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any
+
+import pytest
+
+from ezipc_adapters.blocking import Client, ConnectionClosed, Remote, RemoteError, Server, connect
+
+from .conftest import serving, wait_for
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def test_server_calls_its_client() -> None:
+    server = Server()
+    client = Client()
+    told: list[Any] = []
+    client.hook_request("client/ping", lambda: "pong")
+    client.hook_notif("client/tell", told.append)
+    got = threading.Event()
+
+    @server.method
+    def whoami(remote: Remote) -> Any:
+        remote.notify("client/tell", ["hello"])
+        return remote.request("client/ping")
+
+    @server.hook_connect
+    def on_connect(remote: Remote) -> None:
+        remote.data["greeting"] = remote.request("client/ping")
+        got.set()
+
+    with serving(server) as (address,), client.connect(address) as remote:
+        assert remote.request("whoami") == "pong"
+        assert got.wait(5)
+        assert [r.data["greeting"] for r in server.remotes] == ["pong"]
+        wait_for(lambda: told == ["hello"])
+
+
+def test_nested_calls_both_ways_at_any_depth() -> None:
+    server = Server()
+    client = Client()
+
+    @server.hook_request("down")
+    def server_down(n: int, remote: Remote) -> int:
+        return n if n == 0 else 1 + remote.request("up", [n - 1])
+
+    @client.hook_request("up")
+    def client_up(n: int, remote: Remote) -> int:
+        return n if n == 0 else 1 + remote.request("down", [n - 1])
+
+    with serving(server) as (address,), client.connect(address) as remote:
+        assert remote.request("down", [10]) == 10
+
+
+def test_five_slow_handlers_calling_back_do_not_deadlock() -> None:
+    """The original EZ-IPC had five workers per connection: five slow handlers that each
+    called back into the client deadlocked it. Here, twenty at once."""
+    server = Server()
+    client = Client()
+    inside = threading.Barrier(20, timeout=10)
+
+    @server.hook_request("slow")
+    def slow(i: int, remote: Remote) -> int:
+        inside.wait()  # all twenty are running at the same time
+        return int(remote.request("client/double", [i]))
+
+    client.hook_request("client/double", lambda i: 2 * i)
+    with serving(server) as (address,), client.connect(address) as remote:
+        futures = [remote.submit("slow", [i]) for i in range(20)]
+        assert [f.result(timeout=10) for f in futures] == [2 * i for i in range(20)]
+
+
+def test_a_ping_is_answered_while_handlers_are_busy() -> None:
+    server = Server()
+    release = threading.Event()
+    server.hook_request("block", lambda: release.wait(10))
+    server.hook_request("ping", lambda: "pong")
+    with serving(server) as (address,), connect(address) as remote:
+        blocked = [remote.submit("block") for _ in range(8)]
+        assert remote.request("ping", timeout=5) == "pong"
+        release.set()
+        assert all(f.result(timeout=5) is True for f in blocked)
+
+
+def test_many_threads_share_one_remote_and_each_gets_its_own_answer() -> None:
+    server = Server()
+    server.hook_request("echo", lambda value: value)
+    errors: list[Any] = []
+    with serving(server) as (address,), connect(address) as remote:
+
+        def work(k: int) -> None:
+            try:
+                for i in range(200):
+                    value = f"{k}:{i}"
+                    if remote.request("echo", [value], timeout=10) != value:
+                        errors.append(value)
+            except Exception as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert not errors
+        assert remote.stats.requests_pending == 0
+        assert remote.stats.messages_in == 16 * 200
+
+
+def test_submit_returns_futures_and_runs_callbacks_in_workers() -> None:
+    server = Server()
+    server.hook_request("add", lambda a, b: a + b)
+    server.hook_request("fail", lambda: (_ for _ in ()).throw(RemoteError(7, "seven", {"x": 1})))
+    done: list[tuple[str, Any]] = []
+    all_done = threading.Event()
+    reader: list[int] = []
+
+    def callback(future: Future[Any]) -> None:
+        # A callback may call the peer: it runs in a worker, never on the reader thread.
+        done.append((threading.current_thread().name, future.exception() or future.result()))
+        if len(done) == 2:
+            all_done.set()
+
+    with serving(server) as (address,), connect(address) as remote:
+        reader.append(remote._reader_ident)
+        ok = remote.submit("add", [1, 2], callback=callback)
+        bad = remote.submit("fail", callback=callback)
+        assert ok.result(timeout=5) == 3
+        with pytest.raises(RemoteError) as info:
+            bad.result(timeout=5)
+        assert (info.value.code, info.value.message, info.value.data) == (7, "seven", {"x": 1})
+        assert all_done.wait(5)
+    names = sorted(str(d[1]) for d in done)
+    assert names == ["3", "[7] seven (data: {'x': 1})"]
+    assert all("worker" in name for name, _ in done)
+
+
+def test_request_on_the_reader_thread_is_refused_not_deadlocked() -> None:
+    server = Server()
+    release = threading.Event()
+    server.hook_request("add", lambda a, b: a + b)
+    server.hook_request("later", lambda: release.wait(5))
+    outcome: list[Any] = []
+    finished = threading.Event()
+    with serving(server) as (address,), connect(address) as remote:
+
+        def on_done(future: Future[Any]) -> None:  # add_done_callback: runs on the reader
+            try:
+                outcome.append(remote.request("add", [1, 1]))
+            except RuntimeError as exc:
+                outcome.append(exc)
+            finished.set()
+
+        future = remote.submit("later")
+        future.add_done_callback(on_done)  # (not done yet: it will run where it finishes)
+        release.set()
+        assert finished.wait(5)
+    assert isinstance(outcome[0], RuntimeError)
+
+
+def test_notifications_run_in_order_and_requests_after_earlier_notifications() -> None:
+    server = Server(max_concurrency=8)
+    log: list[Any] = []
+
+    @server.hook_notif("note")
+    def note(i: int) -> None:
+        time.sleep(0.001 * (i % 3))
+        log.append(("note", i))
+
+    @server.hook_request("check")
+    def check(i: int) -> Any:
+        return [entry for entry in log if entry[0] == "note"][-1][1] if log else None
+
+    with serving(server) as (address,), connect(address) as remote:
+        for i in range(30):
+            remote.notify("note", [i])
+        # The request starts only after every notification before it has started; the
+        # last one may still be running, so the answer is 28 or 29.
+        assert remote.request("check", [0]) in (28, 29)
+        remote.request("check", [0])
+    assert [i for kind, i in log if kind == "note"] == list(range(30))
+
+
+def test_calls_on_a_closed_remote_raise_connection_closed() -> None:
+    server = Server()
+    server.hook_request("add", lambda a, b: a + b)
+    with serving(server) as (address,):
+        remote = connect(address)
+        assert remote.request("add", [1, 2]) == 3
+        remote.close()
+        assert remote.closed
+        for call in (lambda: remote.request("add", [1, 2]), lambda: remote.notify("x"),
+                     lambda: remote.submit("add", [1, 2]), lambda: remote.batch([("add", [1, 2])])):
+            with pytest.raises(ConnectionClosed):
+                call()
+        remote.close()  # twice is fine
+
+
+def test_async_handlers_run_to_completion_in_a_worker() -> None:
+    import asyncio
+
+    server = Server()
+
+    @server.hook_request("later")
+    async def later(x: int) -> int:
+        await asyncio.sleep(0.01)
+        return x * 3
+
+    with serving(server) as (address,), connect(address) as remote:
+        assert remote.request("later", [5]) == 15
+
+
+def test_a_call_from_the_peer_read_by_a_caller_before_the_reading_thread_runs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller of request() may read (and queue) the server's call before the
+    connection's reading thread has even started: it must still be served."""
+    import ezipc_adapters._blocking as impl
+
+    original = impl.Remote._run
+
+    def late_run(self: Remote) -> None:
+        time.sleep(0.3)
+        original(self)
+
+    monkeypatch.setattr(impl.Remote, "_run", late_run)
+    server = Server()
+    client = Client()
+    client.hook_request("client/ping", lambda: "pong")
+
+    @server.hook_connect
+    def on_connect(remote: Remote) -> None:
+        remote.data["greeting"] = remote.request("client/ping", timeout=5)
+
+    server.hook_request("greeting", lambda remote: remote.data["greeting"])
+    with serving(server) as (address,), client.connect(address) as remote:
+        assert remote.request("greeting", timeout=5) == "pong"
+
+
+def test_every_callback_runs_even_when_the_answer_is_instant() -> None:
+    server = Server()
+    server.hook_request("add", lambda a, b: a + b)
+    count = 300
+    seen: list[int] = []
+    all_done = threading.Event()
+
+    def callback(future: Future[Any]) -> None:
+        seen.append(future.result())
+        if len(seen) == count:
+            all_done.set()
+
+    with serving(server) as (address,), connect(address) as remote:
+        futures = [remote.submit("add", [i, 0], callback=callback) for i in range(count)]
+        assert [f.result(timeout=10) for f in futures] == list(range(count))
+        assert all_done.wait(10)
+    assert sorted(seen) == list(range(count))

@@ -1,0 +1,185 @@
+"""Timeouts and cancellation on the wire: LSP ($/cancelRequest), MCP
+(notifications/cancelled) and off; late answers dropped and counted."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from ezipc_adapters.blocking import Client, RequestCancelled, Server, connect
+
+from .conftest import raw_connect, raw_server, serving, wait_for
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.mark.parametrize(
+    ("profile", "method", "key"),
+    [("lsp", "$/cancelRequest", "id"), ("mcp", "notifications/cancelled", "requestId")],
+)
+def test_a_timeout_tells_the_peer_and_drops_the_late_answer(profile: str, method: str, key: str) -> None:
+    with raw_server() as (address, accept):
+        remote = connect(address, cancellation=profile)
+        peer = accept()
+        with remote:
+            with pytest.raises(TimeoutError):
+                remote.request("slow", [1], timeout=0.1)
+            request = peer.receive()
+            assert request == {"jsonrpc": "2.0", "method": "slow", "params": [1], "id": request["id"]}
+            assert peer.receive() == {"jsonrpc": "2.0", "method": method, "params": {key: request["id"]}}
+            peer.send({"jsonrpc": "2.0", "id": request["id"], "result": "late"})  # too late: dropped
+            peer.send({"jsonrpc": "2.0", "method": "ping", "id": "p"})  # the connection goes on
+            assert peer.receive() == {"jsonrpc": "2.0", "id": "p", "error": {
+                "code": -32601, "message": "Method not found: ping"}}
+            assert remote.stats.late_responses == 1
+            assert remote.stats.errors == 1  # the -32601 we answered; the late answer is no error
+
+
+def test_cancellation_off_sends_nothing() -> None:
+    with raw_server() as (address, accept):
+        remote = connect(address, cancellation=None)
+        peer = accept()
+        with remote:
+            with pytest.raises(TimeoutError):
+                remote.request("slow", timeout=0.05)
+            first = peer.receive()
+            remote.notify("marker")
+            assert peer.receive() == {"jsonrpc": "2.0", "method": "marker"}  # nothing in between
+            peer.send({"jsonrpc": "2.0", "id": first["id"], "result": 1})
+            wait_for(lambda: remote.stats.late_responses == 1)
+
+
+def test_blocking_server_sees_the_cancel_and_its_answer_arrives_late() -> None:
+    server = Server()
+    release = threading.Event()
+    started = threading.Event()
+
+    @server.hook_request("slow")
+    def slow() -> str:
+        started.set()
+        release.wait(10)
+        return "done"
+
+    server.hook_request("ping", lambda: "pong")
+    with serving(server) as (address,), connect(address) as remote:
+        with pytest.raises(TimeoutError):
+            remote.request("slow", timeout=0.2)
+        assert started.is_set()
+        (served,) = server.remotes
+        wait_for(lambda: served.stats.messages_in == 2)  # the request, then $/cancelRequest
+        release.set()  # a running sync handler is not interrupted: its answer comes late
+        wait_for(lambda: remote.stats.late_responses == 1)
+        assert remote.request("ping") == "pong"
+
+
+def test_mcp_end_to_end_withholds_the_cancelled_answer() -> None:
+    server = Server(cancellation="mcp")
+    release = threading.Event()
+    server.hook_request("slow", lambda: release.wait(10) and "done")
+    server.hook_request("ping", lambda: "pong")
+    with serving(server) as (address,), connect(address, cancellation="mcp") as remote:
+        with pytest.raises(TimeoutError):
+            remote.request("slow", timeout=0.2)
+        (served,) = server.remotes
+        wait_for(lambda: served.stats.messages_in == 2)  # the request, then notifications/cancelled
+        release.set()
+        wait_for(lambda: not served._jobs)  # answered, but MCP says: write nothing
+        assert remote.request("ping") == "pong"
+        assert remote.stats.late_responses == 0
+        wait_for(lambda: served.stats.messages_out == 1)  # only "pong" (counted after the write)
+
+
+@pytest.mark.parametrize("profile", ["lsp", "mcp"])
+def test_a_queued_request_cancelled_by_the_peer_never_runs(profile: str) -> None:
+    server = Server(framing="ndjson", max_concurrency=1, cancellation=profile)
+    release = threading.Event()
+    started = threading.Event()
+    ran: list[Any] = []
+
+    @server.hook_request("work")
+    def work(i: int) -> int:
+        ran.append(i)
+        started.set()
+        release.wait(10)
+        return i
+
+    cancel = ({"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": 2}} if profile == "lsp"
+              else {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 2}})
+    with serving(server) as (address,), raw_connect(address) as peer:
+        peer.send({"jsonrpc": "2.0", "method": "work", "params": [1], "id": 1})
+        assert started.wait(5)
+        peer.send({"jsonrpc": "2.0", "method": "work", "params": [2], "id": 2})  # waits: limit 1
+        peer.send(cancel)
+        if profile == "lsp":
+            assert peer.receive() == {"jsonrpc": "2.0", "id": 2, "error": {
+                "code": -32800, "message": "Request cancelled"}}
+        (served,) = server.remotes
+        wait_for(lambda: served.stats.messages_in == 3)  # both requests and the cancel
+        release.set()
+        assert peer.receive() == {"jsonrpc": "2.0", "id": 1, "result": 1}
+        peer.send({"jsonrpc": "2.0", "method": "work", "params": [3], "id": 3})
+        assert peer.receive() == {"jsonrpc": "2.0", "id": 3, "result": 3}  # MCP: nothing for id 2
+    assert ran == [1, 3]
+
+
+def test_cancelling_a_future_tells_the_peer() -> None:
+    with raw_server() as (address, accept):
+        remote = connect(address)
+        peer = accept()
+        with remote:
+            future = remote.submit("slow")
+            request = peer.receive()
+            assert future.cancel()
+            assert peer.receive() == {"jsonrpc": "2.0", "method": "$/cancelRequest",
+                                      "params": {"id": request["id"]}}
+            assert remote.stats.requests_pending == 0 or remote._waiters == {}
+
+
+def test_submit_timeout_fails_the_future_and_cancels() -> None:
+    with raw_server() as (address, accept):
+        remote = connect(address)
+        peer = accept()
+        with remote:
+            future = remote.submit("slow", timeout=0.1)
+            request = peer.receive()
+            with pytest.raises(TimeoutError):
+                future.result(timeout=5)
+            assert peer.receive()["params"] == {"id": request["id"]}
+
+
+def test_batch_timeout_cancels_every_unanswered_member() -> None:
+    with raw_server() as (address, accept):
+        remote = connect(address)
+        peer = accept()
+        with remote:
+            results: list[Any] = []
+            thread = threading.Thread(target=lambda: results.append(
+                _catch(lambda: remote.batch([("a", None), ("b", None)], timeout=0.5))))
+            thread.start()
+            batch = peer.receive()
+            peer.send({"jsonrpc": "2.0", "id": batch[0]["id"], "result": "a"})
+            thread.join(5)
+            assert isinstance(results[0], TimeoutError)
+            assert peer.receive() == {"jsonrpc": "2.0", "method": "$/cancelRequest",
+                                      "params": {"id": batch[1]["id"]}}
+
+
+def test_interrupting_a_waiting_caller_cancels_its_request() -> None:
+    client = Client()
+    with raw_server() as (address, accept):
+        remote = client.connect(address)
+        peer = accept()
+        with remote:
+            call = remote._send_request("slow", None)
+            request = peer.receive()
+            remote._abandon(call, RequestCancelled("gave up"))  # what request() does on an interrupt
+            assert peer.receive()["params"] == {"id": request["id"]}
+
+
+def _catch(fn: Any) -> Any:
+    try:
+        return fn()
+    except Exception as exc:
+        return exc
