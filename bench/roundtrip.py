@@ -105,19 +105,24 @@ async def drive(call: Any, plan: dict[str, int], sleep0: Any) -> dict[str, Any]:
             lat.append(time.perf_counter_ns() - t0)
             assert result == expected(method, i)
         lat.sort()
-        rows[f"{method} seq"] = (statistics.fmean(lat) / 1e3, lat[len(lat) // 2] / 1e3, lat[int(len(lat) * 0.99)] / 1e3)
+        rows[f"{method} seq"] = (
+            statistics.fmean(lat) / 1e3,
+            lat[len(lat) // 2] / 1e3,
+            lat[int(len(lat) * 0.99)] / 1e3,
+        )
         todo = iter(range(plan["pipe"]))
-
-        async def worker() -> None:
-            for i in todo:
-                assert await call(method, params_for(method, i)) == expected(method, i)
-
         t0 = time.perf_counter()
         async with anyio.create_task_group() as tg:
             for _ in range(64):
-                tg.start_soon(worker)
+                tg.start_soon(pipe_worker, call, method, todo)
         rows[f"{method} pipe"] = plan["pipe"] / (time.perf_counter() - t0)
     return rows
+
+
+async def pipe_worker(call: Any, method: str, todo: Any) -> None:
+    """One of 64 callers sharing the work of the pipelined phase."""
+    for i in todo:
+        assert await call(method, params_for(method, i)) == expected(method, i)
 
 
 async def client_ezipc(address: str, plan: dict[str, int], codec: str) -> dict[str, Any]:
@@ -146,7 +151,9 @@ async def client_floor(address: str, plan: dict[str, int]) -> dict[str, Any]:
         nonlocal next_id
         next_id += 1
         fut = pending[next_id] = loop.create_future()
-        writer.write(json.dumps({"jsonrpc": "2.0", "id": next_id, "method": method, "params": params}).encode() + b"\n")
+        writer.write(
+            json.dumps({"jsonrpc": "2.0", "id": next_id, "method": method, "params": params}).encode() + b"\n"
+        )
         await writer.drain()
         return await fut
 
@@ -208,7 +215,9 @@ def _wait_listening(address: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--loops", default="asyncio,uvloop,trio")
     parser.add_argument("--transports", default="tcp,unix")
@@ -222,25 +231,33 @@ def main() -> None:
         else:
             serve_ezipc(address, loop, codec)
         return
-    plan = {"warmup": 200, "seq": 1000, "pipe": 5000} if args.quick else {"warmup": 500, "seq": 3000, "pipe": 20000}
+    plan = (
+        {"warmup": 200, "seq": 1000, "pipe": 5000}
+        if args.quick
+        else {"warmup": 500, "seq": 3000, "pipe": 20000}
+    )
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, ezipc codec={args.codec}, plan={plan}")
-    header = f"{'loop':8} {'transport':9} {'impl':6} {'add seq us (p50/p99)':>22} {'echo seq':>10} {'add pipe/s':>11} {'echo pipe/s':>12}"
-    print(header)
+    print(
+        f"{'loop':8} {'transport':9} {'impl':6} {'add seq us (p50/p99)':>22}"
+        f" {'echo seq':>10} {'add pipe/s':>11} {'echo pipe/s':>12}"
+    )
     floor_rows: dict[tuple[str, str], dict[str, Any]] = {}
     for transport in args.transports.split(","):
         for loop in args.loops.split(","):
             for impl in ("floor", "ezipc"):
                 if impl == "floor" and loop == "trio":
                     # The floor is asyncio; trio is compared with the plain-asyncio floor.
-                    row = floor_rows.get((transport, "asyncio")) or measure("floor", "asyncio", transport, plan, "json")
+                    row = floor_rows.get((transport, "asyncio")) or measure(
+                        "floor", "asyncio", transport, plan, "json"
+                    )
                 else:
                     row = measure(impl, loop, transport, plan, args.codec)
                 if impl == "floor":
                     floor_rows[(transport, loop)] = row
                 a = row["add seq"]
                 print(
-                    f"{loop:8} {transport:9} {impl:6} {a[0]:>9.0f} ({a[1]:.0f}/{a[2]:.0f}) {row['echo seq'][0]:>10.0f}"
-                    f" {row['add pipe']:>11.0f} {row['echo pipe']:>12.0f}",
+                    f"{loop:8} {transport:9} {impl:6} {a[0]:>9.0f} ({a[1]:.0f}/{a[2]:.0f})"
+                    f" {row['echo seq'][0]:>10.0f} {row['add pipe']:>11.0f} {row['echo pipe']:>12.0f}",
                     flush=True,
                 )
                 if impl == "ezipc":
@@ -248,7 +265,8 @@ def main() -> None:
                     print(
                         f"{'':8} {'':9} {'ratio':6} {floor['add seq'][0] / a[0]:>21.2f}x"
                         f" {floor['echo seq'][0] / row['echo seq'][0]:>9.2f}x"
-                        f" {row['add pipe'] / floor['add pipe']:>10.2f}x {row['echo pipe'] / floor['echo pipe']:>11.2f}x",
+                        f" {row['add pipe'] / floor['add pipe']:>10.2f}x"
+                        f" {row['echo pipe'] / floor['echo pipe']:>11.2f}x",
                         flush=True,
                     )
     print("ratio: >1 means ezipc is faster than the floor (latency: floor/ezipc; throughput: ezipc/floor)")

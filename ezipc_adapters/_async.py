@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import heapq
-import hmac
 import inspect
 import itertools
 import logging
@@ -47,6 +46,7 @@ from ezipc_proto import (
 )
 
 from ._address import DEFAULT_ADDRESS, Address, parse_address
+from ._auth import AUTH_METHOD, AUTH_TIMEOUT, auth_params, token_matches
 from ._errors import ConnectionClosed, LimitExceeded, RemoteError, RequestCancelled
 from ._options import Options, Stats
 from ._peer import PeerCredentials, format_sockaddr, free_unix_path, peer_credentials
@@ -66,9 +66,6 @@ _CLOSED_ERRORS = (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenReso
 _FLUSH_TIMEOUT = 2.0  # how long a closing connection waits to write what it still holds
 _HOOK_TIMEOUT = 10.0  # how long disconnect hooks may take once the connection has ended
 _READ_SIZE = 65536
-#: The request a client sends first when the server has ``auth_token`` set.
-AUTH_METHOD = "$/authenticate"
-AUTH_TIMEOUT = 10.0  # seconds a client has to authenticate
 
 
 def _as_params(params: Any) -> Params:
@@ -551,7 +548,12 @@ class Remote:
                     self._wake("timer")
         try:
             return await self._stream.receive(_READ_SIZE)
-        except _CLOSED_ERRORS:
+        except anyio.EndOfStream:
+            return b""  # the peer sends nothing more, but may still read our answers
+        except _CLOSED_ERRORS as exc:
+            # Reset or closed under us: nobody will read an answer, so stop at once.
+            self._stream_broken = True
+            self.close(f"connection lost: {exc!r}" if str(exc) else "connection lost")
             return b""
         finally:
             self._read_deadline = math.inf
@@ -578,6 +580,8 @@ class Remote:
         was_in_message = False
         while not self._closed:
             data = await self._receive()
+            if self._stream_broken:
+                return
             stats.bytes_in += len(data)
             conn.receive_data(data)
             received = stats.messages_in + stats.errors
@@ -680,6 +684,8 @@ class Remote:
     # ---- internals: serving the peer's calls -----------------------------------------
 
     async def _on_request(self, event: Request) -> None:
+        if self._closing.is_set():
+            return  # closing (e.g. a failed authentication): nothing more is handled
         if self._auth_pending:
             self._authenticate(event)
             return
@@ -778,14 +784,9 @@ class Remote:
 
     def _authenticate(self, event: Request) -> None:
         """Fail closed: anything but the right token first ends the connection."""
-        token = event.params.get("token") if isinstance(event.params, dict) else None
         expected = self.options.auth_token
         assert expected is not None
-        if (
-            event.method == AUTH_METHOD
-            and isinstance(token, str)
-            and hmac.compare_digest(token.encode(), expected.encode())
-        ):
+        if token_matches(event, expected):
             self._auth_pending = False
             self._auth_done.set()
             self._answer(Response(event.id, True), event.method)
@@ -795,6 +796,8 @@ class Remote:
         self.close("authentication failed")
 
     async def _on_notification(self, event: Notification) -> None:
+        if self._closing.is_set():
+            return
         if self._auth_pending:
             log.warning("%s sent a notification before authenticating: closing", self.remote_address)
             self.close("authentication failed")
@@ -884,7 +887,7 @@ class Remote:
             event, _ = self._backlog.popleft()
             self._answer(Error(event.id, ErrorCode.SHUTTING_DOWN, "Server is shutting down"), event.method)
         with anyio.move_on_after(grace):
-            while self._running and not self._closed:
+            while (self._running or self._notif_busy or self._notifications) and not self._closed:
                 await self._sleep_until_woken("idle")
         for id, scope in list(self._scopes.items()):
             self._why_cancelled[id] = (ErrorCode.SHUTTING_DOWN, "Server is shutting down")
@@ -1031,8 +1034,10 @@ class Client(Hooks):
         with anyio.fail_after(timeout) if timeout is not None else contextlib.nullcontext():
             stream = await _open_stream(addr, opts, server_hostname=server_hostname)
         async with _running(Remote(stream, self, opts)) as remote:
+            log.info("connected to %s", remote.remote_address)
             if opts.auth_token is not None:
-                await remote.request(AUTH_METHOD, {"token": opts.auth_token}, timeout=timeout or AUTH_TIMEOUT)
+                auth = auth_params(opts.auth_token)
+                await remote.request(AUTH_METHOD, auth, timeout=timeout or AUTH_TIMEOUT)
             yield remote
 
     @asynccontextmanager
@@ -1114,6 +1119,7 @@ async def _running(remote: Remote) -> AsyncIterator[Remote]:
             raised = exc
         finally:
             await remote.aclose()
+            log.info("connection to %s closed (%s)", remote.remote_address, remote._close_reason)
     if raised is not None:
         raise raised
 
@@ -1293,6 +1299,15 @@ class Server(Hooks):
 
     async def _handle(self, stream: anyio.abc.ByteStream) -> None:
         options = self.options
+        remote = Remote(stream, self, options, server=self)
+        if options.allowed_uids is not None and (
+            remote.peer_credentials is None or remote.peer_credentials.uid not in options.allowed_uids
+        ):  # before anything is read or written: a stranger learns nothing, not even "busy"
+            log.warning(
+                "refusing %s: peer credentials %s not allowed", remote.remote_address, remote.peer_credentials
+            )
+            await anyio.aclose_forcefully(stream)
+            return
         if len(self._remotes) >= options.max_connections:
             log.warning("refusing a connection: max_connections (%d) reached", options.max_connections)
             body = options.connection().send(Error(None, ErrorCode.SERVER_BUSY, "Too many connections"))
@@ -1301,15 +1316,6 @@ class Server(Hooks):
                     await stream.send(body)
                 except Exception:
                     pass
-            await anyio.aclose_forcefully(stream)
-            return
-        remote = Remote(stream, self, options, server=self)
-        if options.allowed_uids is not None and (
-            remote.peer_credentials is None or remote.peer_credentials.uid not in options.allowed_uids
-        ):
-            log.warning(
-                "refusing %s: peer credentials %s not allowed", remote.remote_address, remote.peer_credentials
-            )
             await anyio.aclose_forcefully(stream)
             return
         self._remotes.add(remote)

@@ -15,7 +15,8 @@ Threads, per connection: up to two *reading threads*, and the ``Server``'s (or
   reading never waits on a handler. At most ``max_concurrency`` requests per connection
   run at once; more wait in a line, and reading stops while the line is longer than that
   (backpressure; nothing is dropped). Notifications run one at a time in arrival order,
-  and a request starts only after the notifications that came before it have started.
+  and a request starts only after the notifications that came before it have started
+  (a plain-function handler: finished, as in the async adapter).
 * Caller reads (client side, plain sockets): a caller of ``request`` that finds nobody
   holding the baton reads its answer itself, so no thread hop is on its path. The reading
   threads then stand aside for a moment (``_STAND_ASIDE``) instead of waking up for
@@ -48,6 +49,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
@@ -71,6 +73,7 @@ from ezipc_proto import (
 from ezipc_proto._events import _error, _request, _response  # the core's unchecked constructors
 
 from ._address import DEFAULT_ADDRESS, Address, parse_address
+from ._auth import AUTH_METHOD, AUTH_TIMEOUT, auth_params, token_matches
 from ._errors import ConnectionClosed, LimitExceeded, RemoteError, RequestCancelled
 from ._options import Options, Stats
 from ._peer import PeerCredentials, format_sockaddr, free_unix_path, peer_credentials
@@ -270,6 +273,9 @@ class _Readiness:
     pipe that is in every wait.
     """
 
+    #: A read failed (the peer reset the connection): not a mere EOF, nobody reads answers.
+    lost = False
+
     def __init__(self, fd: int, *, wake_pipe: bool) -> None:
         self._fd = fd
         self._wake_r, self._wake_w = os.pipe() if wake_pipe else (-1, -1)
@@ -359,6 +365,7 @@ class _SocketTransport(_Readiness):
         try:
             return self._recv(_READ_SIZE)
         except OSError:
+            self.lost = True
             return b""
 
     def recv_nowait(self) -> bytes | None:
@@ -368,6 +375,7 @@ class _SocketTransport(_Readiness):
         except BlockingIOError:
             return None
         except OSError:
+            self.lost = True
             return b""
 
     def more_buffered(self, last: int) -> bool:
@@ -473,6 +481,7 @@ class _TLSTransport(_SocketTransport):
             try:
                 raw = self._recv(_READ_SIZE)
             except OSError:
+                self.lost = True
                 raw = b""
             self._feed(raw)
 
@@ -486,6 +495,7 @@ class _TLSTransport(_SocketTransport):
             except BlockingIOError:
                 return None  # (a partial record waits in the SSL object)
             except OSError:
+                self.lost = True
                 raw = b""
             self._feed(raw)
 
@@ -630,6 +640,13 @@ class _PipeTransport(_Readiness):
 _Transport = _SocketTransport | _PipeTransport
 
 
+def _auth_timed_out(ref: weakref.ref[Remote]) -> None:  # on the timer thread
+    remote = ref()
+    if remote is not None and remote._auth_pending and not remote._closed:
+        log.warning("%s did not authenticate within %ss: closing", remote.remote_address, AUTH_TIMEOUT)
+        remote._abort("not authenticated")
+
+
 # ---- calls in flight and requests being served ---------------------------------------
 
 
@@ -689,7 +706,7 @@ class Remote:
         self._lock = threading.Lock()
         self._space = threading.Condition(self._lock)  # the line got shorter / the jobs ended
         self._space_waiters = 0  # threads in _space.wait() (notify only if any: it is not free)
-        self.stats = Stats()
+        self._stats = Stats()
         self.data: dict[str, Any] = {}
         self.local_address = local_address
         self.remote_address = remote_address
@@ -705,8 +722,12 @@ class Remote:
         self._answers_written = 0  # ... and written (under the write lock), ...
         self._answers_dropped = 0  # ... or given up (under _lock)
         self._notifying = False  # a notification handler is running (or about to)
-        self._notif_unstarted = False  # ... and has not begun: requests behind it wait
-        self._ready = not hooks.on_connect  # connect hooks done: the peer's calls may be served
+        self._notif_unstarted = False  # ... and has not begun (or, a plain function, ended): requests wait
+        # A server with auth_token handles nothing until the client has presented it.
+        self._auth_pending = server is not None and options.auth_token is not None
+        self._auth_timer: _TimerHandle | None = None
+        # Connect hooks done (after authentication): the peer's calls may be served.
+        self._ready = not hooks.on_connect and not self._auth_pending
         self._shutting_down = False
         self._closed = False
         self._aborted = False
@@ -746,9 +767,18 @@ class Remote:
         self.close()
 
     @property
+    def stats(self) -> Stats:
+        """Counters of this connection (a live object; pending counts are refreshed here)."""
+        stats = self._stats
+        stats.requests_pending = len(self._waiters)
+        stats.handlers_running = self._running
+        stats.late_responses = self._conn.late_responses
+        return stats
+
+    @property
     def closed(self) -> bool:
-        """True once the connection has ended or begun to close: calls raise
-        ``ConnectionClosed``."""
+        """True once the connection has ended or begun to close (or the peer sends
+        nothing more): calls raise ``ConnectionClosed``."""
         return self._closed
 
     @property
@@ -825,8 +855,9 @@ class Remote:
         return future
 
     def notify(self, method: str, params: Any = None) -> None:
-        """Send a notification (no answer). Blocks only while the peer is not reading."""
-        if self._closed:
+        """Send a notification (no answer). Blocks only while the peer is not reading.
+        Allowed after the peer's EOF (it may still read), until the connection closes."""
+        if self._aborted or (self._closed and self._end_reason is None):
             raise ConnectionClosed(f"{self.remote_address}: {self._close_reason}")
         with self._lock:
             data = self._conn.send(Notification(method, _as_params(params)))
@@ -985,7 +1016,7 @@ class Remote:
             return
         try:
             self._t.send(data)
-            stats = self.stats
+            stats = self._stats
             stats.bytes_out += len(data)
             stats.messages_out += 1
         except (OSError, ValueError) as exc:
@@ -1001,7 +1032,7 @@ class Remote:
         if self._timed:
             self._last_tx = _monotonic()
         if self._log_messages:
-            log.debug("%s <- %s", self.remote_address, _short(data))
+            log.debug("sent to %s: %s", self.remote_address, _short(data))
 
     # ---- internals: life cycle -------------------------------------------------------
 
@@ -1017,7 +1048,10 @@ class Remote:
         self._started = True
         if self._timed:
             self._schedule_timeout_check()
-        if not self._ready:
+        if self._auth_pending:
+            ref = weakref.ref(self)  # (the timer does not keep a closed connection alive)
+            self._auth_timer = _timer.call_later(AUTH_TIMEOUT, lambda: _auth_timed_out(ref))
+        elif not self._ready:
             self._defer(self._connect_hooks)
         self._lead(0)
         self._done.wait()
@@ -1036,6 +1070,23 @@ class Remote:
             self._ready = True
             start = self._pump()
         self._start(start)
+
+    def _authenticate(self, ev: Request) -> tuple[bytes, bool]:
+        """Under the lock: the client's first request on a server with ``auth_token``.
+        Fail closed: the bytes of the answer, and whether the client authenticated (if
+        not, the connection ends)."""
+        expected = self.options.auth_token
+        assert expected is not None
+        if token_matches(ev, expected):
+            self._auth_pending = False
+            if self._auth_timer is not None:
+                self._auth_timer.cancel()
+            if not self._hooks.on_connect:
+                self._ready = True
+            return self._answer_locked(None, _response(ev.id, True), ev.method), True
+        log.warning("%s failed to authenticate (first request: %r)", self.remote_address, ev.method)
+        answer = _error(ev.id, ErrorCode.UNAUTHORIZED, "Unauthorized", None)
+        return self._answer_locked(None, answer, ev.method), False
 
     def _mark_closed(self, reason: str) -> None:
         """No more calls from us; the pending ones fail (the transport stays up)."""
@@ -1071,6 +1122,8 @@ class Remote:
 
     def _finish(self) -> None:
         self._abort(self._close_reason)  # (the last reading thread to go releases the transport)
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
         with self._lock:
             self._line.clear()
             self._wake_space()
@@ -1290,7 +1343,7 @@ class Remote:
         """Holding the baton: feed one chunk (b"" at EOF) to the core and act on what it
         gives. Returns what may start now; sets ``_end_reason`` if the connection ended."""
         conn = self._conn
-        stats = self.stats
+        stats = self._stats
         waiters = self._waiters
         timed = self._timed
         if timed:
@@ -1321,7 +1374,7 @@ class Remote:
                     break
                 kind = type(ev)
                 if self._log_messages and kind is not InvalidMessage:
-                    log.debug("%s -> %s", self.remote_address, _short(repr(ev)))
+                    log.debug("received from %s: %s", self.remote_address, _short(repr(ev)))
                 if kind is Response:
                     stats.messages_in += 1
                     call = waiters.pop(ev.id, None)  # type: ignore[union-attr]
@@ -1334,6 +1387,16 @@ class Remote:
                             later.append((self._settle, call, ev.result, None))  # type: ignore[union-attr]
                 elif kind is Request:
                     stats.messages_in += 1
+                    if self._auth_pending:
+                        answer, authenticated = self._authenticate(ev)  # type: ignore[arg-type]
+                        later = later or []
+                        later.append((self._write_answer, answer))
+                        if not authenticated:
+                            ended = "authentication failed"
+                            break
+                        if not self._ready:
+                            later.append((self._defer, self._connect_hooks))
+                        continue
                     item = self._received_request(ev)  # type: ignore[arg-type]
                     if type(item) is bytes:
                         later = later or []
@@ -1342,6 +1405,11 @@ class Remote:
                         start.append(item)  # type: ignore[arg-type]
                 elif kind is Notification:
                     stats.messages_in += 1
+                    if self._auth_pending:
+                        log.warning("%s sent a notification before authenticating: closing",
+                                    self.remote_address)
+                        ended = "authentication failed"
+                        break
                     if self._ready and not self._line and not self._notifying:
                         self._notifying = self._notif_unstarted = True
                         start.append(ev)  # type: ignore[arg-type]
@@ -1377,7 +1445,9 @@ class Remote:
                     if unfinished:
                         log.warning("%s closed in the middle of a message (%d bytes lost)",
                                     self.remote_address, len(unfinished))
-                    ended = "closed by the peer"
+                    # A reset is no half-close: nobody will read our answers (as in the
+                    # async adapter, the connection ends at once).
+                    ended = "connection lost" if self._t.lost else "closed by the peer"
                     break
             stats.late_responses = conn.late_responses
             stats.requests_pending = len(waiters)
@@ -1412,7 +1482,7 @@ class Remote:
         """The peer sent EOF (or broke the framing): our calls can get no answer, but the
         answers still owed are written first (within ``shutdown_timeout``)."""
         self._mark_closed(reason)
-        if reason.startswith("protocol error"):
+        if reason.startswith("protocol error") or reason in ("authentication failed", "connection lost"):
             return
         deadline = _monotonic() + self.options.shutdown_timeout
         with self._lock:
@@ -1491,7 +1561,7 @@ class Remote:
                     self._wake_space()
             self._start(start)
             return
-        self.stats.handlers_running = self._running
+        self._stats.handlers_running = self._running
         id, method = ev.id, ev.method
         answer: Response | Error
         try:
@@ -1521,7 +1591,7 @@ class Remote:
             start = self._pump() if self._line else None
             if self._space_waiters and not self._busy():
                 self._space.notify_all()
-        self.stats.handlers_running = self._running
+        self._stats.handlers_running = self._running
         if data:
             self._write(data, answer=True)
         if start:
@@ -1543,7 +1613,9 @@ class Remote:
             answer = unencodable_answer(answer.id, exc, method=method, debug=self.options.debug)
             data = conn.send(answer)
         if type(answer) is Error:
-            self.stats.errors += 1
+            self._stats.errors += 1
+            log.info("%s: %s answered with error %s: %s", self.remote_address,
+                     method or (job.event.method if job is not None else "?"), answer.code, answer.message)
         if data:
             self._answers_made += 1
         return data
@@ -1560,13 +1632,17 @@ class Remote:
             self._write(data, wait, answer=True)
 
     def _serve_notification(self, ev: Notification) -> None:
-        with self._lock:  # it begins: the requests that came after it may start now
-            self._notif_unstarted = False
-            start = self._pump() if self._line else None
-        if start:
-            self._start(start)
+        handler = self._hooks.notifications.get(ev.method)
+        if handler is not None and handler.is_async:
+            # It begins: the requests that came after it may start now (as in the async
+            # adapter, where they start at its first await). A plain function must have
+            # finished first (an LSP didChange is applied before the completion after it).
+            with self._lock:
+                self._notif_unstarted = False
+                start = self._pump() if self._line else None
+            if start:
+                self._start(start)
         try:
-            handler = self._hooks.notifications.get(ev.method)
             if handler is None:
                 log.debug("%s: no handler for notification %r", self.remote_address, ev.method)
             else:
@@ -1580,7 +1656,7 @@ class Remote:
                     log.exception("notification handler %r raised", ev.method)
         finally:
             with self._lock:
-                self._notifying = False
+                self._notifying = self._notif_unstarted = False
                 start = self._pump()
                 if not start and not self._busy():
                     self._wake_space()
@@ -1683,7 +1759,7 @@ class Client(Hooks):
         context = ssl if ssl is not None else opts.ssl
         if addr.kind == "stdio":
             stdio = _PipeTransport(sys.stdin.fileno(), sys.stdout.fileno())
-            return self._attach(stdio, opts, "stdio", "stdio")
+            return self._authenticated(self._attach(stdio, opts, "stdio", "stdio"), opts, timeout)
         sock = _open_socket(addr, timeout)
         try:
             transport: _Transport
@@ -1701,7 +1777,8 @@ class Client(Hooks):
             sock.close()
             raise
         local, peer = _socket_names(sock)
-        return self._attach(transport, opts, local, peer or str(addr), peer_credentials(sock))
+        remote = self._attach(transport, opts, local, peer or str(addr), peer_credentials(sock))
+        return self._authenticated(remote, opts, timeout)
 
     def connect_subprocess(self, argv: Sequence[str], *, framing: str | None = None, cwd: str | None = None,
                            env: dict[str, str] | None = None, stderr: Any = None,
@@ -1737,6 +1814,17 @@ class Client(Hooks):
 
         remote._finalizers.append(end)
         remote._start_thread()
+        return remote
+
+    def _authenticated(self, remote: Remote, opts: Options, timeout: float | None) -> Remote:
+        """With ``auth_token``: present it first (as the async adapter does); a refusal
+        raises its ``RemoteError`` (the connection is closed)."""
+        if opts.auth_token is not None:
+            try:
+                remote.request(AUTH_METHOD, auth_params(opts.auth_token), timeout=timeout or AUTH_TIMEOUT)
+            except BaseException:
+                remote.close()
+                raise
         return remote
 
     def _attach(self, transport: _Transport, opts: Options, local: str, peer: str,
@@ -1861,9 +1949,12 @@ class Server(Hooks):
 
     # ---- running ---------------------------------------------------------------------
 
-    def start(self, *addresses: str) -> None:
+    def start(self, *addresses: str, ready: Callable[[list[str]], Any] | None = None) -> None:
         """Serve until SIGINT or SIGTERM (or ``shutdown()``), then shut down gracefully.
-        Blocks. Signals are caught only when called from the main thread."""
+        Blocks. Signals are caught only when called from the main thread.
+
+        ``ready(addresses)``, if given, is called once listening, with the bound addresses
+        (e.g. to print the port chosen for ``tcp://127.0.0.1:0``)."""
         previous: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
 
@@ -1876,7 +1967,7 @@ class Server(Hooks):
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, on_signal)
         try:
-            self.serve_forever(*addresses)
+            self.serve_forever(*addresses, ready=ready)
         finally:
             for sig, handler in previous.items():
                 if signal.getsignal(sig) is not handler:
@@ -1926,8 +2017,9 @@ class Server(Hooks):
 
     terminate = shutdown
 
-    def serve_forever(self, *addresses: str) -> None:
-        """Serve until ``shutdown()``, then shut down gracefully. Blocks."""
+    def serve_forever(self, *addresses: str, ready: Callable[[list[str]], Any] | None = None) -> None:
+        """Serve until ``shutdown()``, then shut down gracefully. Blocks. ``ready``: as
+        for :meth:`start`."""
         with self._lock:
             if not self._stopped.is_set():
                 raise RuntimeError("this server is already serving")
@@ -1955,6 +2047,8 @@ class Server(Hooks):
             for address in self.addresses:
                 log.info("serving on %s", address)
             self.ready.set()
+            if ready is not None:
+                ready(list(self.addresses))
             if stdio_thread is not None:
                 stdio_thread.start()
             self._accept_loop(listeners)
@@ -2006,9 +2100,7 @@ class Server(Hooks):
         options = self.options
         conn.setblocking(True)
         creds = peer_credentials(conn)
-        if addr.kind == "unix" and options.allowed_uids is not None and (
-            creds is None or creds.uid not in options.allowed_uids
-        ):
+        if options.allowed_uids is not None and (creds is None or creds.uid not in options.allowed_uids):
             log.warning("refusing a connection on %s: peer credentials %s not allowed", addr, creds)
             conn.close()
             return
@@ -2057,6 +2149,8 @@ class Server(Hooks):
                 conn.close()
                 return
             local, peer = _socket_names(conn)
+            if peer == "unix:" and creds is not None:
+                peer = f"unix:pid={creds.pid},uid={creds.uid}"
             self._serve(transport, local, peer or f"{addr}", creds)
         finally:
             with self._lock:
@@ -2069,16 +2163,29 @@ class Server(Hooks):
         with self._lock:
             self._remotes.add(remote)
         log.info("connection from %s", peer)
+
+        def finished() -> None:
+            # Once the connection has ended (its disconnect hooks ran), not when this
+            # thread is free: it may still be running a handler that cannot be stopped.
+            with self._lock:
+                if remote not in self._remotes:
+                    return
+                self._remotes.discard(remote)
+            log.info("connection from %s closed (%s)", peer, remote._close_reason)
+
+        remote._on_finish.append(finished)
         try:
             if self._stop_requested:
                 remote._abort("server shut down")
             remote._run()
         finally:
-            with self._lock:
-                self._remotes.discard(remote)
-            log.info("connection from %s closed (%s)", peer, remote._close_reason)
+            finished()
 
     def _serve_stdio(self) -> None:
+        if self.options.allowed_uids is not None:  # (no credentials: fail closed)
+            log.warning("refusing stdio: peer credentials None not allowed")
+            self.shutdown(wait=False)
+            return
         with self._lock:
             self._connections += 1
         try:
@@ -2119,21 +2226,28 @@ class Server(Hooks):
 
     # ---- calling every peer ----------------------------------------------------------
 
-    def broadcast(self, method: str, params: Any = None) -> None:
-        """Notify every connected peer (one whose connection fails is skipped)."""
-        for remote in self.remotes:
+    def _audience(self, exclude: Remote | Iterable[Remote] | None) -> list[Remote]:
+        """Connected (and authenticated) peers, minus ``exclude``."""
+        skip = {exclude} if isinstance(exclude, Remote) else set(exclude or ())
+        return [r for r in self.remotes if not r._auth_pending and not r.closed and r not in skip]
+
+    def broadcast(self, method: str, params: Any = None, *,
+                  exclude: Remote | Iterable[Remote] | None = None) -> None:
+        """Notify every connected peer (but those in ``exclude``, e.g. the sender; one
+        whose connection fails is skipped)."""
+        for remote in self._audience(exclude):
             if not remote.closed:
                 try:
                     remote.notify(method, params)
                 except ConnectionClosed:
                     pass
 
-    def broadcast_request(self, method: str, params: Any = None, *,
-                          timeout: float | None = None) -> dict[Remote, Any]:
+    def broadcast_request(self, method: str, params: Any = None, *, timeout: float | None = None,
+                          exclude: Remote | Iterable[Remote] | None = None) -> dict[Remote, Any]:
         """Call every connected peer at once; map each ``Remote`` to its result or to the
         exception its call ended with."""
         futures: dict[Remote, Future[Any] | BaseException] = {}
-        for remote in self.remotes:
+        for remote in self._audience(exclude):
             try:
                 futures[remote] = remote.submit(method, params, timeout=timeout)
             except (ConnectionClosed, LimitExceeded) as exc:

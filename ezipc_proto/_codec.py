@@ -52,8 +52,8 @@ class JsonCodec:
 
     def __init__(self) -> None:
         decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_strict_float)
-        self._scan = decoder.scan_once
-        self._iterencode = _c_iterencode()
+        self._scan = decoder.scan_once  # type: ignore[attr-defined]
+        self._iterencode = _C_ITERENCODE
         self._dump = json.JSONEncoder(
             ensure_ascii=False, allow_nan=False, separators=(",", ":")
         ).encode
@@ -116,13 +116,17 @@ def _reject_type(obj: Any) -> Any:
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
+# Built once: it holds no state (no table of ids), so every JsonCodec shares it.
+_C_ITERENCODE = _c_iterencode()
+
+
 class MsgspecCodec:
     """msgspec's JSON, with the stdlib deciding every case msgspec would answer differently."""
 
     name = "msgspec"
 
     def __init__(self) -> None:
-        import msgspec  # noqa: PLC0415  (an optional dependency: extra "fast")
+        import msgspec  # an optional dependency: extra "fast"
 
         self._decode = msgspec.json.Decoder().decode
         self._encode = msgspec.json.Encoder().encode
@@ -139,7 +143,7 @@ class MsgspecCodec:
             out: bytes = self._encode(obj)
         except Exception:  # lone surrogates, unsupported types: the stdlib decides
             return self._fallback.encode(obj)
-        if b"null" in out:
+        if out.find(b"null") >= 0:  # (bytes' `in` first tries the operand as an int: slower)
             # msgspec writes NaN and Infinity as null; the stdlib raises for them.
             self._fallback.encode(obj)
         return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from ._errors import LocalProtocolError
 
@@ -31,9 +31,9 @@ __all__ = [
 #: A request id. We send only ``int`` and ``str``; a peer may also use a fractional
 #: number or ``null``, which the specification discourages but allows, and is answered
 #: with exactly that id. Never a ``bool``.
-Id = Union[str, int, float, None]
+Id = str | int | float | None
 #: Parameters: by position, by name, or absent (``None``).
-Params = Union[list[Any], dict[str, Any], None]
+Params = list[Any] | dict[str, Any] | None
 
 
 class NeedData(enum.Enum):
@@ -164,7 +164,7 @@ class Closed:
     unfinished: bytes = b""
 
 
-Event = Union[Request, Notification, Response, Error, Cancel, InvalidMessage, Closed]
+Event = Request | Notification | Response | Error | Cancel | InvalidMessage | Closed
 
 # Private fast constructors for the parser: they skip __init__'s validation. Each builds
 # a plain slotted twin of the event class (same slots, so the same memory layout), fills

@@ -17,7 +17,8 @@ from __future__ import annotations
 import enum
 import re
 from collections import deque
-from typing import Literal, Union
+from itertools import islice
+from typing import Literal
 
 from ._errors import RemoteProtocolError
 
@@ -32,15 +33,18 @@ class _Oversize(enum.Enum):
 
 
 OVERSIZE: Literal[_Oversize.OVERSIZE] = _Oversize.OVERSIZE
-Frame = Union[bytes, bytearray, None, Literal[_Oversize.OVERSIZE]]
+Frame = bytes | bytearray | None | Literal[_Oversize.OVERSIZE]
 #: A frame already cut: a message body, or OVERSIZE in place of one.
 Cut = bytes | bytearray | Literal[_Oversize.OVERSIZE]
 
 _BLANK = frozenset(b" \t\r")
 #: The usual header block, alone: taken by one regular-expression match (in C).
 _SIMPLE_HEADER = re.compile(rb"Content-Length: ([0-9]{1,20})\r\n\r\n")
-#: A line break followed by a byte that may begin a blank line.
-_BLANK_START = re.compile(rb"\n[ \t\r\n]")
+_LENGTHS: dict[bytes, int] = {}  # its digits -> int, for the commonest lengths
+#: Up to this many buffered bytes, usual Content-Length messages are cut by one split of a
+#: copy of the buffer (cheaper per message); beyond, by a match each (no big copies).
+_SPLIT_MAX = 1 << 18
+_HEADERS: dict[int, bytes] = {}  # a length -> its header block, for the commonest lengths
 
 
 def _drop_blank_lines(frames: deque[Cut]) -> None:
@@ -109,14 +113,18 @@ class NdjsonFramer:
             self.scanned += len(buf) - self._scan
             limit = self._max
             ready.append(OVERSIZE if nl - start > limit else buf[start:nl])
+            # A blank line is empty or begins with a byte <= 32, and so does the least of
+            # the lines if any is: one min() in C, not a test per line.
+            maybe_blank = buf[start] <= 32
             if last > nl:
                 with memoryview(buf) as view:
                     lines = view[nl + 1 : last].tobytes().split(b"\n")
-                if max(map(len, lines)) > limit:
+                maybe_blank = maybe_blank or min(lines)[:1] <= b" "
+                if last - nl > limit and max(map(len, lines)) > limit:
                     ready.extend(OVERSIZE if len(line) > limit else line for line in lines)
                 else:
                     ready.extend(lines)
-            if b"" in ready or buf[start] in _BLANK or _BLANK_START.search(buf, nl, last + 1):
+            if maybe_blank:
                 _drop_blank_lines(ready)
             del buf[: last + 1]
             self._start = 0
@@ -149,6 +157,7 @@ class ContentLengthFramer:
         self._scan = 0  # header search resumes here
         self._need = -1  # body length once the header is read, -1 while reading headers
         self._skip = 0  # body bytes still to discard (an oversize message)
+        self._split_ok = True  # the peer sends only the usual header (see _cut_by_split)
         self.scanned = 0
         #: Frames cut but not yet taken, in order (see ``NdjsonFramer.ready``).
         self.ready: deque[Cut] = deque()
@@ -169,9 +178,6 @@ class ContentLengthFramer:
         if self._skip:
             return None
         if self._need < 0:
-            self._cut_simple()
-            if ready:
-                return ready.popleft()
             end = buf.find(b"\r\n\r\n", self._scan)
             if end < 0:
                 size = len(buf)
@@ -180,8 +186,12 @@ class ContentLengthFramer:
                 # + 3: up to three bytes of a delimiter may follow an acceptable block
                 if size - self._start > MAX_HEADER_SIZE + 3:
                     raise RemoteProtocolError(f"header block longer than {MAX_HEADER_SIZE} bytes")
-                self._compact()
+                if self._start:
+                    self._compact()
                 return None
+            self._cut_simple()  # a header block is complete: take the usual ones at once
+            if ready:
+                return ready.popleft()
             self.scanned += end + 4 - self._scan
             if end - self._start > MAX_HEADER_SIZE:
                 raise RemoteProtocolError(f"header block longer than {MAX_HEADER_SIZE} bytes")
@@ -200,33 +210,90 @@ class ContentLengthFramer:
             self._need = length
         start, need = self._start, self._need
         if len(buf) - start < need:
-            self._compact()
+            if start:
+                self._compact()
             return None
         self.scanned += need
         self._need = -1
-        self._start = self._scan = start + need
-        return buf[start : start + need]
+        frame = buf[start : start + need]
+        if start + need == len(buf):  # all taken: free the buffer now (a big message's peak)
+            del buf[:]
+            self._start = self._scan = 0
+        else:
+            self._start = self._scan = start + need
+        return frame
 
     def _cut_simple(self) -> None:
         """Cut, into ``ready``, every complete message from here on whose header block is
         exactly the usual ``Content-Length: N\\r\\n\\r\\n`` and whose body is within the
-        limit: one match of a regular expression and one slice each. Anything else
-        (other headers, a partial or oversize message, a bad header) is left to the
-        general code in ``next_frame``. A failed match looks at no more than the length
-        of that header line (about 40 bytes), so feeding byte by byte stays linear."""
+        limit. Anything else (other headers, a partial or oversize message, a bad header)
+        is left to the general code in ``next_frame``, which calls this only once a header
+        block is complete."""
+        first = self._start
+        if self._split_ok and len(self._buf) - first <= _SPLIT_MAX:
+            start = self._cut_by_split(first)
+        else:
+            start = self._cut_by_match(first)
+        if start != first:
+            self.scanned += start - max(first, self._scan)
+            if start == len(self._buf):  # all taken: free the buffer now
+                del self._buf[:]
+                start = 0
+            self._start = self._scan = start
+
+    def _cut_by_split(self, first: int) -> int:
+        """All at once: one copy of the buffer and one split on ``Content-Length: `` (in
+        C), then per part a partition and a check that it is exactly the digits, the
+        blank line and a body of that length. A body holding that text, or another header,
+        makes a part of the wrong length: cutting stops there, and if that was not the
+        last part (which may just be incomplete) this way is off for the connection, so
+        that such a peer does not make every call copy the buffer again. Returns the
+        offset after the last message cut."""
+        with memoryview(self._buf) as view:
+            parts = view[first:].tobytes().split(b"Content-Length: ")
+        if parts[0]:  # another header first
+            self._split_ok = False
+            return first
+        ready, limit, lengths = self.ready, self._max, _LENGTHS
+        taken = 0
+        for part in islice(parts, 1, None):
+            digits, blank, body = part.partition(b"\r\n\r\n")
+            if not blank:  # the header is not all there yet (or not the usual one)
+                break
+            length = lengths.get(digits)
+            if length is None:
+                if not digits.isdigit() or len(digits) > 20:
+                    break
+                length = int(digits)
+                if len(lengths) < 4096:  # int() of bytes is dear: remember a few
+                    lengths[digits] = length
+            if len(body) != length or length > limit:
+                break
+            ready.append(body)
+            taken += 1
+        if taken < len(parts) - 2:  # stopped before the last part
+            self._split_ok = False
+        return first + sum(map(len, islice(parts, 1, taken + 1))) + 16 * taken
+
+    def _cut_by_match(self, start: int) -> int:
+        """One match of a regular expression and one slice per message (a failed match
+        looks at no more than about 40 bytes). Returns the offset after the last cut."""
         buf, ready, limit, size = self._buf, self.ready, self._max, len(self._buf)
-        match = _SIMPLE_HEADER.match
-        start = first = self._start
+        match, lengths = _SIMPLE_HEADER.match, _LENGTHS
         while (header := match(buf, start)) is not None:
+            digits = header[1]
+            length = lengths.get(digits)
+            if length is None:
+                length = int(digits)
+                if len(lengths) < 4096:
+                    lengths[digits] = length
             body = header.end()
-            end = body + int(header[1])
-            if end > size or end - body > limit:
+            end = body + length
+            if end > size or length > limit:
                 break
             ready.append(buf[body:end])
             start = end
-        if start != first:
-            self.scanned += start - max(first, self._scan)
-            self._start = self._scan = start
+        return start
 
     def _compact(self) -> None:
         if self._start:
@@ -243,12 +310,18 @@ class ContentLengthFramer:
 
     @staticmethod
     def frame(body: bytes) -> bytes:
-        return b"Content-Length: %d\r\n\r\n" % len(body) + body
+        n = len(body)
+        header = _HEADERS.get(n)
+        if header is None:  # formatting costs more than the lookup: remember a few
+            header = b"Content-Length: %d\r\n\r\n" % n
+            if len(_HEADERS) < 4096:
+                _HEADERS[n] = header
+        return header + body
 
 
 def _content_length(block: bytearray) -> int:
     if block.startswith(b"Content-Length: ") and b"\r\n" not in block:  # the usual case
-        value = block[16:]
+        value: bytes | bytearray = block[16:]
         if value.isdigit() and len(value) <= 20:
             return int(value)
     length = -1
@@ -346,7 +419,7 @@ class AutoFramer:
         return (self.detected or NdjsonFramer).frame(body)
 
 
-Framer = Union[NdjsonFramer, ContentLengthFramer, MessageFramer, AutoFramer]
+Framer = NdjsonFramer | ContentLengthFramer | MessageFramer | AutoFramer
 
 FRAMERS: dict[str, type[Framer]] = {
     "ndjson": NdjsonFramer,

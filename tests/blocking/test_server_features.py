@@ -92,7 +92,7 @@ def test_logging(caplog: pytest.LogCaptureFixture) -> None:
     assert any(m.startswith("serving on") for m in infos) and "server stopped" in infos
     warnings = [m for level, m in records if level == logging.WARNING]
     assert len(warnings) == 1 and "invalid message" in warnings[0]
-    debug = [m for level, m in records if level == logging.DEBUG and ("->" in m or "<-" in m)]
+    debug = [m for level, m in records if level == logging.DEBUG and ("received from" in m or "sent to" in m)]
     assert len(debug) >= 2 and all(len(m) < 300 for m in debug)  # truncated
 
 

@@ -1,0 +1,501 @@
+"""Soak test: N minutes of mixed load against an ezipc server in a child process.
+
+    python bench/soak.py 2                    # two minutes
+    python bench/soak.py 10 --clients 40 --server-backend trio
+
+Not part of the test suite. The server (the async adapter, in a child process) gets, all
+at once: well-behaved clients making requests, notifications and batches in both
+framings and checking every answer, that hang up at random moments (also in the middle
+of calls); raw clients that drop at random points of a message (mid-header, mid-body,
+requests in flight, by a TCP reset); hostile clients sending malformed frames (bad JSON,
+bad UTF-8, bad ids and params, broken Content-Length headers, oversize and endless
+messages, floods of tiny messages) and checking the error codes; a slow sender; and a
+peer that asks for large answers and never reads them.
+
+Every ~10 s, and at the end, it prints the requests served, the errors by kind, and the
+server's resident memory (VmRSS from /proc/<pid>/status) and open connections. At the
+end it stops the load, waits for the server to have no connection left, compares its
+memory and task count with the start (after a warm-up), and shuts it down with SIGTERM.
+An answer that is wrong, or an error that should not happen, is counted under a
+``BAD:`` kind; the exit status is 1 if there was any, or if the server did not recover.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import ctypes
+import gc
+import itertools
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from typing import Any
+
+import anyio
+
+from ezipc_adapters import ConnectionClosed, ErrorCode, RemoteError, Server, connect
+from ezipc_proto import _framing
+
+REPORT_EVERY = 10.0
+MAX_MESSAGE = 1024 * 1024
+
+# ---- the server (child process) ---------------------------------------------------------
+
+
+class LogCounter(logging.Filter):
+    """The server's log records, counted by level and message template, not printed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.counts[f"{record.levelname} {record.msg}"] += 1
+        return False
+
+
+def make_server() -> Server:
+    server = Server(max_message_size=MAX_MESSAGE, message_timeout=2.0, shutdown_timeout=1.0)
+    notes = [0]
+    logs = LogCounter()
+    logging.getLogger("ezipc").addFilter(logs)
+    logging.getLogger("ezipc").setLevel(logging.INFO)
+    server.hook_request("echo", lambda value=None: value)
+    server.hook_request("sum", lambda *xs: sum(xs))
+    server.hook_request("blob", lambda n: "x" * n)
+    server.hook_notif("note", lambda i: notes.__setitem__(0, notes[0] + 1))
+
+    @server.method
+    async def slow(delay: float, value: Any = None) -> Any:
+        await anyio.sleep(delay)
+        return value
+
+    @server.method
+    async def hang() -> None:
+        await anyio.sleep_forever()
+
+    @server.method
+    def fail() -> None:
+        raise ValueError("a handler failed")
+
+    @server.method
+    def nan() -> float:
+        return float("nan")
+
+    @server.hook_request("soak.stats")
+    def stats(collect: bool = False) -> dict[str, Any]:
+        if collect:  # collect garbage and hand freed memory back to the system first
+            gc.collect()
+            try:
+                ctypes.CDLL("libc.so.6").malloc_trim(0)
+            except (OSError, AttributeError):
+                pass
+        return {
+            "connections": len(server.remotes),
+            "tasks": len(anyio.get_running_tasks()),
+            "notifications": notes[0],
+            "blocks": sys.getallocatedblocks(),
+            # the core's bounded memos of Content-Length headers (up to 4096 each)
+            "memo_entries": sum(len(getattr(_framing, n, ())) for n in ("_LENGTHS", "_HEADERS")),
+            "log": dict(logs.counts),
+        }
+
+    return server
+
+
+async def serve_main() -> None:
+    server = make_server()
+    async with anyio.create_task_group() as tg:
+        (address,) = await tg.start(server.serve, "tcp://127.0.0.1:0")
+        print(address, flush=True)
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                server.shutdown()
+                break
+
+
+# ---- the load (this process) ------------------------------------------------------------
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.kinds: collections.Counter[str] = collections.Counter()
+        self.served = 0  # requests answered (results and error answers), as the clients saw
+
+    def ok(self, kind: str, n: int = 1) -> None:
+        self.kinds[kind] += n
+
+    def bad(self, kind: str) -> None:
+        self.kinds["BAD: " + kind] += 1
+
+    @property
+    def bad_count(self) -> int:
+        return sum(n for k, n in self.kinds.items() if k.startswith("BAD: "))
+
+
+def _frame(framing: str, body: bytes) -> bytes:
+    if framing == "ndjson":
+        return body + b"\n"
+    return b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+def _req(method: str, params: Any, id: Any) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": id}).encode()
+
+
+async def good_client(address: str, seed: int, stop: anyio.Event, tally: Tally) -> None:
+    """Requests, notifications and batches, each answer checked; hangs up now and then
+    (between calls, or by abandoning calls in flight), then connects again."""
+    rng = random.Random(seed)
+    while not stop.is_set():
+        framing = rng.choice(("ndjson", "content-length"))
+        try:
+            async with connect(address, framing=framing, timeout=10, request_timeout=30) as remote:
+                for _ in range(rng.randint(1, 200)):
+                    if stop.is_set():
+                        break
+                    await one_call(remote, rng, tally)
+                if rng.random() < 0.3:  # leave with calls in flight
+                    for _ in range(rng.randint(1, 5)):
+                        remote.request("slow", [rng.uniform(0.01, 1.0), "late"])
+                    remote.request("hang")
+                    tally.ok("hung up with calls in flight")
+                else:
+                    tally.ok("hung up between calls")
+        except (OSError, TimeoutError) as exc:
+            tally.bad(f"connect or call failed: {type(exc).__name__}")
+            await anyio.sleep(0.1)
+
+
+async def one_call(remote: Any, rng: random.Random, tally: Tally) -> None:
+    op = rng.random()
+    value = [rng.random(), "\u00e9" * rng.randint(0, 20), {"n": rng.randint(-(2**40), 2**40)}]
+    try:
+        if op < 0.4:
+            if await remote.request("echo", [value]) != value:
+                tally.bad("wrong echo")
+            tally.ok("request ok")
+        elif op < 0.55:
+            xs = [rng.randint(-1000, 1000) for _ in range(rng.randint(0, 20))]
+            if await remote.request("sum", xs) != sum(xs):
+                tally.bad("wrong sum")
+            tally.ok("request ok")
+        elif op < 0.65:
+            if await remote.request("slow", [rng.uniform(0, 0.02), value]) != value:
+                tally.bad("wrong slow echo")
+            tally.ok("request ok")
+        elif op < 0.8:
+            await remote.notify("note", [rng.randint(0, 10**6)])
+            tally.ok("notification sent")
+            return
+        elif op < 0.92:
+            n = rng.randint(1, 20)
+            results = await remote.batch(
+                [("echo", [i]) for i in range(n)] + [("nosuch", None)], notify=[("note", [n])]
+            )
+            if results[:n] != list(range(n)) or not (
+                isinstance(results[n], RemoteError) and results[n].code == ErrorCode.METHOD_NOT_FOUND
+            ):
+                tally.bad("wrong batch answer")
+            tally.ok("batch ok")
+            tally.served += n
+        else:
+            method = rng.choice(["fail", "nan", "nosuch"])
+            try:
+                await remote.request(method)
+                tally.bad(f"{method} did not fail")
+            except RemoteError as exc:
+                want = ErrorCode.METHOD_NOT_FOUND if method == "nosuch" else ErrorCode.INTERNAL_ERROR
+                if exc.code != want or exc.data is not None:
+                    tally.bad(f"{method}: error {exc.code}")
+                tally.ok(f"error answer {exc.code} (expected)")
+        tally.served += 1
+    except ConnectionClosed:
+        tally.bad("ConnectionClosed while the client was connected")
+    except TimeoutError:
+        tally.bad("request timed out")
+
+
+DROP_KINDS = ("before_send", "mid_header", "mid_body", "in_flight", "reset", "after_batch", "partial_read")
+
+
+async def dropper(address: str, seed: int, stop: anyio.Event, tally: Tally) -> None:
+    """Connects and drops at random points; checks nothing but that the server goes on."""
+    rng = random.Random(seed)
+    host, port = address.removeprefix("tcp://").rsplit(":", 1)
+    ids = itertools.count(1)
+    while not stop.is_set():
+        kind = rng.choice(DROP_KINDS)
+        framing = rng.choice(("ndjson", "content-length"))
+        try:
+            stream = await anyio.connect_tcp(host, int(port))
+        except OSError as exc:
+            tally.bad(f"dropper could not connect: {exc!r}")
+            await anyio.sleep(0.1)
+            continue
+        try:
+            body = _req("echo", ["x" * rng.randint(0, 5000)], next(ids))
+            data = _frame(framing, body)
+            if kind == "mid_header":
+                await stream.send(_frame("content-length", body)[: rng.randint(1, 20)])
+            elif kind == "mid_body":
+                await stream.send(data[: rng.randrange(1, len(data) - 1)])
+            elif kind in ("in_flight", "reset"):
+                calls = [_req("slow", [rng.uniform(0.01, 0.5)], next(ids)), _req("hang", [], next(ids)), body]
+                await stream.send(b"".join(_frame(framing, c) for c in calls))
+                if kind == "reset":
+                    raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+                    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            elif kind == "after_batch":
+                batch = b"[" + _req("slow", [0.2], 1) + b"," + _req("echo", [2], 2) + b"]"
+                await stream.send(_frame(framing, batch))
+            elif kind == "partial_read":
+                await stream.send(_frame(framing, _req("blob", [rng.randint(100_000, 500_000)], 1)))
+                with anyio.fail_after(10):
+                    await stream.receive(rng.randint(1, 1000))
+            await anyio.sleep(rng.uniform(0, 0.05))
+            tally.ok(f"dropped: {kind}")
+        except (OSError, anyio.BrokenResourceError, anyio.EndOfStream, TimeoutError) as exc:
+            tally.bad(f"dropper {kind}: {type(exc).__name__}")
+        finally:
+            await anyio.aclose_forcefully(stream)
+
+
+#: (frame, the error codes it must be answered with (in any order), whether it closes)
+def hostile_inputs(framing: str) -> list[tuple[bytes, list[int], bool]]:
+    f = lambda body: _frame(framing, body)  # noqa: E731
+    inputs = [
+        (f(b'{"jsonrpc":"2.0","method":"echo","params":["\xff"],"id":1}'), [ErrorCode.PARSE_ERROR], False),
+        (f(b'{"jsonrpc":"2.0","method":"echo",,}'), [ErrorCode.PARSE_ERROR], False),
+        (f(b"[" * 100_000), [ErrorCode.PARSE_ERROR], False),
+        (f(b'{"jsonrpc":"1.0","method":"echo","id":1}'), [ErrorCode.INVALID_REQUEST], False),
+        (f(b'{"jsonrpc":"2.0","method":"echo","id":{}}'), [ErrorCode.INVALID_REQUEST], False),
+        (f(b'{"jsonrpc":"2.0","method":"echo","params":"x","id":1}'), [ErrorCode.INVALID_REQUEST], False),
+        (f(b'{"jsonrpc":"2.0","method":"echo","params":[1,2],"id":1}'), [ErrorCode.INVALID_PARAMS], False),
+        (f(b"[]"), [ErrorCode.INVALID_REQUEST], False),
+        (f(b"[1,2,3]"), [ErrorCode.INVALID_REQUEST] * 3, False),
+        (f(b"\xef\xbb\xbf\xef\xbb\xbf{}"), [ErrorCode.PARSE_ERROR], False),
+        (f(b'{"jsonrpc":"2.0","method":"echo","params":["' + b"x" * MAX_MESSAGE + b'"],"id":1}'),
+         [ErrorCode.MESSAGE_TOO_LARGE], False),
+        (f(b"[]") * 2000, [ErrorCode.INVALID_REQUEST] * 2000, False),
+    ]
+    if framing == "content-length":
+        inputs += [
+            (b"Content-Length: abc\r\n\r\n{}", [ErrorCode.PARSE_ERROR], True),
+            (b"Content-Type: x\r\n\r\n{}", [ErrorCode.PARSE_ERROR], True),
+            (b"X-Flood: 1\r\n" * 1000 + b"\r\n", [ErrorCode.PARSE_ERROR], True),
+        ]
+    return inputs
+
+
+async def hostile(address: str, seed: int, stop: anyio.Event, tally: Tally) -> None:
+    """Malformed frames, each on a fresh connection; the error codes are checked."""
+    rng = random.Random(seed)
+    host, port = address.removeprefix("tcp://").rsplit(":", 1)
+    while not stop.is_set():
+        framing = rng.choice(("ndjson", "content-length"))
+        data, codes, closes = rng.choice(hostile_inputs(framing))
+        try:
+            async with await anyio.connect_tcp(host, int(port)) as stream:
+                await stream.send(data)
+                if not closes:
+                    await stream.send(_frame(framing, _req("echo", ["probe"], "probe")))
+                got = await _read_answers(stream, framing, until="probe" if not closes else None)
+            answers, probed = got
+            flat = [a for answer in answers for a in (answer if isinstance(answer, list) else [answer])]
+            seen = sorted(a["error"]["code"] for a in flat if "error" in a)
+            if seen != sorted(codes) or probed == closes:
+                tally.bad(f"hostile input answered {seen[:5]} (probe answered: {probed})")
+            else:
+                tally.ok("hostile input answered right" + (" and closed" if closes else ""))
+        except (OSError, anyio.BrokenResourceError, TimeoutError) as exc:
+            tally.bad(f"hostile: {type(exc).__name__}")
+        await anyio.sleep(rng.uniform(0, 0.05))
+
+
+async def _read_answers(stream: Any, framing: str, until: Any) -> tuple[list[Any], bool]:
+    buffer = b""
+    answers: list[Any] = []
+    with anyio.fail_after(30):
+        while True:
+            while True:
+                if framing == "ndjson":
+                    line, sep, rest = buffer.partition(b"\n")
+                    if not sep:
+                        break
+                    buffer, body = rest, line
+                else:
+                    head, sep, rest = buffer.partition(b"\r\n\r\n")
+                    length = int(head.split(b":")[1]) if sep else -1
+                    if not sep or len(rest) < length:
+                        break
+                    buffer, body = rest[length:], rest[:length]
+                answer = json.loads(body)
+                if isinstance(answer, dict) and answer.get("id") == until is not None:
+                    return answers, True
+                answers.append(answer)
+            try:
+                buffer += await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                return answers, False
+
+
+async def slow_sender(address: str, stop: anyio.Event, tally: Tally) -> None:
+    """One byte every 100 ms: cut off after the server's message_timeout (2 s)."""
+    host, port = address.removeprefix("tcp://").rsplit(":", 1)
+    while not stop.is_set():
+        started = time.monotonic()
+        async with await anyio.connect_tcp(host, int(port)) as stream:
+            try:
+                for byte in itertools.cycle(_req("echo", ["slow"], 1) + b"\n"):
+                    await stream.send(bytes([byte]))
+                    await anyio.sleep(0.1)
+                    if time.monotonic() - started > 10:
+                        tally.bad("slow sender not cut off within 10 s")
+                        break
+            except (anyio.BrokenResourceError, OSError):
+                tally.ok("slow sender cut off")
+
+
+async def never_reader(address: str, stop: anyio.Event, tally: Tally) -> None:
+    """Asks for 100 kB answers for 5 s without reading any, then goes."""
+    host, port = address.removeprefix("tcp://").rsplit(":", 1)
+    ids = itertools.count()
+    while not stop.is_set():
+        async with await anyio.connect_tcp(host, int(port)) as stream:
+            with anyio.move_on_after(5):
+                while not stop.is_set():
+                    await stream.send(b"".join(_req("blob", [100_000], next(ids)) + b"\n" for _ in range(50)))
+        tally.ok("never-reader went (held back)")
+        await anyio.sleep(1)
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+async def server_stats(address: str, collect: bool = False) -> dict[str, Any]:
+    async with connect(address, timeout=10, request_timeout=10) as remote:
+        stats: dict[str, Any] = await remote.request("soak.stats", {"collect": collect})
+    stats["connections"] -= 1  # this one
+    return stats
+
+
+def report(label: str, started: float, tally: Tally, pid: int, stats: dict[str, int] | None) -> None:
+    elapsed = time.monotonic() - started
+    print(f"[{elapsed:6.1f}s] {label}: {tally.served} requests served "
+          f"({tally.served / max(elapsed, 1e-9):.0f}/s), server RSS {rss_kib(pid) / 1024:.1f} MiB"
+          + (f", {stats['connections']} connections, {stats['tasks']} tasks" if stats else ""))
+    for kind, n in sorted(tally.kinds.items()):
+        print(f"    {n:9d}  {kind}")
+    sys.stdout.flush()
+
+
+async def load(address: str, pid: int, minutes: float, clients: int, seed: int) -> int:
+    tally = Tally()
+    started = time.monotonic()
+    # Warm-up: a few seconds of light load, then the baseline.
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        for i in range(4):
+            tg.start_soon(good_client, address, seed + i, stop, tally)
+        await anyio.sleep(3)
+        stop.set()
+    await anyio.sleep(1.5)
+    base = await server_stats(address, collect=True)
+    rss_start = rss_kib(pid)
+    print(f"start (after a warm-up): server RSS {rss_start / 1024:.1f} MiB, "
+          f"{base['connections']} connections, {base['tasks']} tasks, "
+          f"{base['blocks']} allocated blocks, {base['memo_entries']} header memo entries", flush=True)
+    tally = Tally()
+    started = time.monotonic()
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        for i in range(clients):
+            tg.start_soon(good_client, address, seed * 1000 + i, stop, tally)
+        for i in range(max(1, clients // 2)):
+            tg.start_soon(dropper, address, seed * 2000 + i, stop, tally)
+        for i in range(2):
+            tg.start_soon(hostile, address, seed * 3000 + i, stop, tally)
+        tg.start_soon(slow_sender, address, stop, tally)
+        tg.start_soon(never_reader, address, stop, tally)
+        deadline = started + minutes * 60
+        while time.monotonic() < deadline:
+            await anyio.sleep(min(REPORT_EVERY, max(0.0, deadline - time.monotonic())))
+            if time.monotonic() < deadline - 1:
+                report("running", started, tally, pid, await server_stats(address))
+        stop.set()
+    # Recovery: every connection gone, tasks and memory back.
+    settle_started = time.monotonic()
+    while True:
+        stats = await server_stats(address)
+        if stats["connections"] == 0 or time.monotonic() - settle_started > 20:
+            break
+        await anyio.sleep(0.2)
+    report("end", started, tally, pid, stats)
+    rss_end = rss_kib(pid)
+    collected = await server_stats(address, collect=True)
+    rss_trimmed = rss_kib(pid)
+    print("server log records (level, template):")
+    for kind, n in sorted(collected["log"].items(), key=lambda item: -item[1]):
+        print(f"    {n:9d}  {kind}")
+    print(f"server RSS: start {rss_start / 1024:.1f} MiB, end {rss_end / 1024:.1f} MiB "
+          f"({(rss_end - rss_start) / 1024:+.1f} MiB; {rss_trimmed / 1024:.1f} MiB after gc and malloc_trim)")
+    print(f"server Python blocks allocated: start {base['blocks']}, end {collected['blocks']} "
+          f"({collected['blocks'] - base['blocks']:+d}; header memo entries {base['memo_entries']} -> "
+          f"{collected['memo_entries']}); tasks: start {base['tasks']}, end {stats['tasks']}; "
+          f"connections left: {stats['connections']} (settled in {time.monotonic() - settle_started:.1f}s); "
+          f"notifications handled: {stats['notifications']}")
+    failed = tally.bad_count > 0 or stats["connections"] != 0 or stats["tasks"] != base["tasks"]
+    return 1 if failed else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("minutes", type=float, help="how long the load runs")
+    parser.add_argument("--clients", type=int, default=20, help="well-behaved clients (default 20)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--server-backend", choices=["asyncio", "trio"], default="asyncio")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child
+    args = parser.parse_args()
+    if args.serve:
+        anyio.run(serve_main, backend=args.server_backend)
+        return 0
+    child = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "0", "--serve", "--server-backend", args.server_backend],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        address = child.stdout.readline().strip()
+        print(f"server pid {child.pid} ({args.server_backend}) on {address}; load for {args.minutes} min, "
+              f"{args.clients} clients, seed {args.seed}", flush=True)
+        status = anyio.run(load, address, child.pid, args.minutes, args.clients, args.seed)
+    finally:
+        child.send_signal(signal.SIGTERM)
+        try:
+            code = child.wait(15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            code = child.wait()
+    print(f"server exited with status {code} after SIGTERM")
+    return status or (code != 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,420 @@
+"""The kit of the shared behaviour suite: each scenario is written once, against a small
+synchronous facade, and runs against every server kind (the async adapter on asyncio and
+on trio, the blocking adapter) with every client kind that makes sense (the async client
+on asyncio and on trio, the blocking client, and a raw socket for exact wire checks).
+
+* ``new_server(kind, ...)`` makes a ``Server`` of that kind; hooks are registered on it
+  with the shared registry API. ``serving(kind, server)`` serves it in the background (an
+  async server in a blocking portal of its backend, a blocking one with
+  ``serve_in_thread``) and yields a :class:`Served`.
+* ``connecting(kind, address, setup=..., **options)`` yields a :class:`Peer`: ``request``,
+  ``submit`` (a ``concurrent.futures.Future``), ``notify``, ``batch``, ``close`` and
+  ``stats`` on either the blocking ``Remote`` or an async ``Remote`` driven through a
+  blocking portal.
+* Handlers that must run on every server kind are written as ``async def`` with the
+  helpers :func:`call`, :func:`tell` and :func:`wait_flag` (they work on an async
+  ``Remote``, and on a blocking one inside a blocking handler's own ``asyncio.run``).
+* :class:`RawPeer` (``raw_connect``, ``raw_server``) writes and reads exact bytes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from typing import Any
+
+import anyio
+import pytest
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+import ezipc_adapters.asyncio as async_asyncio
+import ezipc_adapters.blocking as blocking
+import ezipc_adapters.trio as async_trio
+from ezipc_adapters import Client as AsyncClient
+
+SERVER_KINDS = ("asyncio", "trio", "blocking")
+CLIENT_KINDS = ("asyncio", "trio", "blocking")
+
+
+@pytest.fixture(params=SERVER_KINDS)
+def server_kind(request: pytest.FixtureRequest) -> str:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture(params=CLIENT_KINDS)
+def client_kind(request: pytest.FixtureRequest) -> str:
+    return request.param  # type: ignore[no-any-return]
+
+
+# ---- servers ---------------------------------------------------------------------------
+
+
+def new_server(kind: str, framing: str = "auto", **options: Any) -> Any:
+    """A ``Server`` of ``kind`` ("asyncio", "trio" or "blocking")."""
+    if kind == "blocking":
+        return blocking.Server(framing, **options)
+    cls = async_trio.Server if kind == "trio" else async_asyncio.Server
+    return cls(framing, **options)
+
+
+class Served:
+    """A server serving in the background, seen from the test's (plain) thread."""
+
+    def __init__(self, kind: str, server: Any, addresses: list[str], portal: BlockingPortal | None,
+                 future: Future[Any] | None) -> None:
+        self.kind = kind
+        self.server = server
+        self.addresses = addresses
+        self.address = addresses[0]
+        self._portal = portal
+        self._future = future
+        self._stopped = False
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call a plain function where the server lives (its event loop's thread)."""
+        return fn(*args) if self._portal is None else self._portal.call(fn, *args)
+
+    def remotes(self) -> list[Any]:
+        return list(self.run(lambda: self.server.remotes))
+
+    def one_remote(self, timeout: float = 5.0) -> Any:
+        """The only connected peer (waiting for it to be registered)."""
+        wait_for(lambda: len(self.remotes()) == 1, timeout)
+        return self.remotes()[0]
+
+    def stats(self, remote: Any) -> dict[str, int]:
+        return self.run(lambda: remote.stats.as_dict())  # type: ignore[no-any-return]
+
+    def broadcast(self, method: str, params: Any = None, **kwargs: Any) -> None:
+        if self._portal is None:
+            self.server.broadcast(method, params, **kwargs)
+        else:
+            self._portal.call(lambda: self.server.broadcast(method, params, **kwargs))
+
+    def broadcast_request(self, method: str, params: Any = None, **kwargs: Any) -> dict[Any, Any]:
+        if self._portal is None:
+            return self.server.broadcast_request(method, params, **kwargs)  # type: ignore[no-any-return]
+        return self._portal.call(  # type: ignore[no-any-return]
+            lambda: self.server.broadcast_request(method, params, **kwargs)
+        )
+
+    def shutdown(self, timeout: float = 20.0) -> None:
+        """Shut down gracefully and wait until the server has stopped."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._portal is None:
+            self.server.shutdown(timeout=timeout)
+            assert self.server._stopped.is_set(), "the server did not stop"
+        else:
+            assert self._future is not None
+            if not self._future.done():
+                self._portal.call(self.server.shutdown)
+            self._future.result(timeout)
+
+
+@contextmanager
+def serving(kind: str, server: Any, *addresses: str) -> Iterator[Served]:
+    """Serve ``server`` (of ``kind``) in the background; shut it down gracefully after."""
+    addresses = addresses or ("tcp://127.0.0.1:0",)
+    if kind == "blocking":
+        served = Served(kind, server, server.serve_in_thread(*addresses), None, None)
+        try:
+            yield served
+        finally:
+            served.shutdown()
+        return
+    with start_blocking_portal(kind) as portal:
+        future, bound = portal.start_task(server.serve, *addresses)
+        served = Served(kind, server, bound, portal, future)
+        try:
+            yield served
+        finally:
+            served.shutdown()
+
+
+# ---- clients ---------------------------------------------------------------------------
+
+
+def new_client(kind: str, framing: str = "ndjson", **options: Any) -> Any:
+    if kind == "blocking":
+        return blocking.Client(framing, **options)
+    return AsyncClient(framing, **options)
+
+
+class Peer:
+    """One client connection, the same calls whichever adapter is behind it."""
+
+    def __init__(self, kind: str, remote: Any, portal: BlockingPortal | None = None) -> None:
+        self.kind = kind
+        self.remote = remote
+        self._portal = portal
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(*args) if self._portal is None else self._portal.call(fn, *args)
+
+    async def _request(self, method: str, params: Any, timeout: float | None) -> Any:
+        return await self.remote.request(method, params, timeout=timeout)
+
+    def request(self, method: str, params: Any = None, *, timeout: float | None = None) -> Any:
+        if self._portal is None:
+            return self.remote.request(method, params, timeout=timeout)
+        return self._portal.call(self._request, method, params, timeout)
+
+    def submit(self, method: str, params: Any = None, *, timeout: float | None = None) -> Future[Any]:
+        """Send now; the answer comes in the future (as ``request`` would return/raise)."""
+        if self._portal is None:
+            return self.remote.submit(method, params, timeout=timeout)  # type: ignore[no-any-return]
+        sent = threading.Event()
+
+        async def go() -> Any:
+            call = self.remote.request(method, params, timeout=timeout)  # sent here...
+            sent.set()
+            return await call  # ...answered later
+
+        future = self._portal.start_task_soon(go)
+        while not sent.wait(0.01):  # (an error before sending is in the future at once)
+            if future.done():
+                break
+        return future
+
+    def notify(self, method: str, params: Any = None) -> None:
+        if self._portal is None:
+            self.remote.notify(method, params)
+        else:
+            self._portal.call(self.remote.notify, method, params)
+
+    def batch(self, requests: Iterable[tuple[str, Any]], *, notify: Iterable[tuple[str, Any]] = (),
+              timeout: float | None = None) -> list[Any]:
+        requests, notify = list(requests), list(notify)
+        if self._portal is None:
+            return self.remote.batch(requests, notify=notify, timeout=timeout)  # type: ignore[no-any-return]
+
+        async def go() -> list[Any]:
+            return await self.remote.batch(requests, notify=notify, timeout=timeout)  # type: ignore[no-any-return]
+
+        return self._portal.call(go)  # type: ignore[no-any-return]
+
+    def stats(self) -> dict[str, int]:
+        return self.run(lambda: self.remote.stats.as_dict())  # type: ignore[no-any-return]
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.run(lambda: self.remote.closed))
+
+    def close(self) -> None:
+        if self._portal is None:
+            self.remote.close()
+        else:
+            self._portal.call(self.remote.aclose)
+
+
+@contextmanager
+def connecting(kind: str, address: str, *, setup: Callable[[Any], Any] | None = None,
+               framing: str = "ndjson", **options: Any) -> Iterator[Peer]:
+    """Connect a client of ``kind`` (``setup(client)`` registers its hooks first)."""
+    client = new_client(kind, framing, **options)
+    if setup is not None:
+        setup(client)
+    if kind == "blocking":
+        with client.connect(address) as remote:
+            yield Peer(kind, remote)
+        return
+    with start_blocking_portal(kind) as portal, \
+            portal.wrap_async_context_manager(client.connect(address)) as remote:
+        yield Peer(kind, remote, portal)
+
+
+@contextmanager
+def connecting_subprocess(kind: str, argv: list[str], *, setup: Callable[[Any], Any] | None = None,
+                          framing: str = "ndjson", **options: Any) -> Iterator[Peer]:
+    """Start ``argv`` and talk to it over its stdin/stdout with a client of ``kind``."""
+    client = new_client(kind, framing, **options)
+    if setup is not None:
+        setup(client)
+    if kind == "blocking":
+        with client.connect_subprocess(argv, stderr=subprocess.DEVNULL) as remote:
+            yield Peer(kind, remote)
+        return
+    with start_blocking_portal(kind) as portal, \
+            portal.wrap_async_context_manager(client.connect_subprocess(argv, stderr=subprocess.DEVNULL)) as remote:
+        yield Peer(kind, remote, portal)
+
+
+# ---- handlers that run on every server kind -------------------------------------------
+
+
+async def call(remote: Any, method: str, params: Any = None, **kwargs: Any) -> Any:
+    """``remote.request`` from a handler, on an async or a blocking ``Remote``."""
+    result = remote.request(method, params, **kwargs)
+    return await result if inspect.isawaitable(result) else result
+
+
+async def tell(remote: Any, method: str, params: Any = None) -> None:
+    """``remote.notify`` from a handler, on an async or a blocking ``Remote``."""
+    result = remote.notify(method, params)
+    if inspect.isawaitable(result):
+        await result
+
+
+async def wait_flag(flag: threading.Event, timeout: float = 15.0) -> None:
+    """Wait (cancellably, on any event loop) until the test sets ``flag``."""
+    deadline = time.monotonic() + timeout
+    while not flag.is_set():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the test never set the flag")
+        await anyio.sleep(0.005)
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 5.0) -> None:
+    """Poll a condition that no event signals (a counter, another thread's state)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.005)
+
+
+# ---- a raw peer: exact bytes ------------------------------------------------------------
+
+
+def host_port(address: str) -> tuple[str, int]:
+    host, port = address.removeprefix("tcp://").rsplit(":", 1)
+    return host.strip("[]"), int(port)
+
+
+def message(method: str, params: Any = None, id: Any = None, *, notification: bool = False) -> dict[str, Any]:
+    msg: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+    if params is not None:
+        msg["params"] = params
+    if not notification:
+        msg["id"] = id
+    return msg
+
+
+class RawPeer:
+    """A hand-driven peer over a plain socket: exact bytes in, exact bytes out."""
+
+    def __init__(self, sock: socket.socket, framing: str = "ndjson") -> None:
+        self.sock = sock
+        self.framing = framing
+        self.buffer = b""
+
+    def frame(self, data: bytes | str | dict[str, Any] | list[Any]) -> bytes:
+        if isinstance(data, (dict, list)):
+            data = json.dumps(data)
+        if isinstance(data, str):
+            data = data.encode()
+        if self.framing == "ndjson":
+            return data + b"\n"
+        return b"Content-Length: %d\r\n\r\n" % len(data) + data
+
+    def send(self, *items: bytes | str | dict[str, Any] | list[Any]) -> None:
+        """Send one or more messages (several go in one write)."""
+        self.sock.sendall(b"".join(self.frame(item) for item in items))
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def receive(self, timeout: float = 5.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.framing == "ndjson":
+                line, sep, rest = self.buffer.partition(b"\n")
+                if sep:
+                    self.buffer = rest
+                    return json.loads(line)
+            else:
+                head, sep, rest = self.buffer.partition(b"\r\n\r\n")
+                if sep:
+                    length = int(head.split(b":")[1])
+                    if len(rest) >= length:
+                        self.buffer = rest[length:]
+                        return json.loads(rest[:length])
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no complete message; buffered {self.buffer[:200]!r}")
+            self.sock.settimeout(left)
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError(f"the peer closed; buffered {self.buffer[:200]!r}")
+            self.buffer += data
+
+    def receive_eof(self, timeout: float = 5.0) -> bytes:
+        """Everything until the peer closes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"the peer did not close; buffered {self.buffer[:200]!r}")
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(65536)
+            except ConnectionResetError:
+                return self.buffer
+            if not data:
+                return self.buffer
+            self.buffer += data
+
+    def nothing_within(self, seconds: float) -> bool:
+        """True if no byte arrives (and the peer does not close) for ``seconds``."""
+        if self.buffer:
+            return False
+        self.sock.settimeout(seconds)
+        try:
+            self.sock.recv(65536, socket.MSG_PEEK)
+        except TimeoutError:
+            return True
+        return False  # data, or EOF
+
+    def shutdown_write(self) -> None:
+        self.sock.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _raw_socket(address: str) -> socket.socket:
+    if address.startswith("unix:"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(5)
+        sock.connect(address[5:])
+        return sock
+    return socket.create_connection(host_port(address), timeout=5)
+
+
+@contextmanager
+def raw_connect(address: str, framing: str = "ndjson") -> Iterator[RawPeer]:
+    with _raw_socket(address) as sock:
+        yield RawPeer(sock, framing)
+
+
+@contextmanager
+def raw_server(framing: str = "ndjson") -> Iterator[tuple[str, Callable[[], RawPeer]]]:
+    """A listening socket; yields its address and ``accept()`` giving a RawPeer."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(5)
+    peers: list[RawPeer] = []
+
+    def accept() -> RawPeer:
+        sock, _ = listener.accept()
+        peers.append(RawPeer(sock, framing))
+        return peers[-1]
+
+    try:
+        yield f"tcp://127.0.0.1:{listener.getsockname()[1]}", accept
+    finally:
+        for peer in peers:
+            peer.close()
+        listener.close()
+
+
+def error_code(answer: dict[str, Any]) -> int:
+    return answer["error"]["code"]  # type: ignore[no-any-return]

@@ -1,0 +1,101 @@
+"""Servers in child processes: every client kind drives a child that serves on its stdio
+with every server kind (``connect_subprocess`` / ``Server.start("stdio")``), calls both
+ways, and a clean end (closing stdin makes the child's server shut down and exit by
+itself); ``start(ready=)`` and a graceful shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from .conftest import connecting_subprocess, message, raw_connect
+
+pytestmark = pytest.mark.timeout(30)
+
+CHILD = """
+import os, sys
+kind = sys.argv[1]
+if kind == "blocking":
+    from ezipc_adapters.blocking import Server
+elif kind == "trio":
+    from ezipc_adapters.trio import Server
+else:
+    from ezipc_adapters.asyncio import Server
+
+server = Server()
+server.hook_request("add", lambda a, b: a + b)
+server.hook_request("pid", lambda: os.getpid())
+
+@server.method
+async def ask(remote):
+    result = remote.request("client/name")
+    return await result if hasattr(result, "__await__") else result
+
+server.start("stdio")
+"""
+
+
+def test_a_child_serving_on_stdio(server_kind: str, client_kind: str) -> None:
+    def hooks(client: Any) -> None:
+        client.hook_request("client/name", lambda: client_kind)
+
+    argv = [sys.executable, "-c", CHILD, server_kind]
+    for framing in ("ndjson", "content-length"):
+        with connecting_subprocess(client_kind, argv, setup=hooks, framing=framing) as peer:
+            process = peer.run(lambda: peer.remote.data["process"])
+            assert peer.request("add", [1, 2]) == 3
+            assert peer.request("pid") == process.pid
+            assert peer.request("ask") == client_kind  # the child calls back
+            assert peer.batch([("add", [2, 2]), ("add", [3, 3])]) == [4, 6]
+        assert process.returncode == 0  # it ended by itself once its stdin closed
+
+
+STARTED = """
+import sys
+kind = sys.argv[1]
+if kind == "blocking":
+    from ezipc_adapters.blocking import Server
+elif kind == "trio":
+    from ezipc_adapters.trio import Server
+else:
+    from ezipc_adapters.asyncio import Server
+
+server = Server(shutdown_timeout=5)
+
+@server.method
+async def slow():
+    import anyio
+    print("started", flush=True)
+    await anyio.sleep(0.3)
+    return "finished"
+
+server.start("tcp://127.0.0.1:0", ready=lambda addresses: print(*addresses, flush=True))
+print("stopped", flush=True)
+"""
+
+
+def test_start_reports_readiness_and_a_signal_shuts_down_gracefully(server_kind: str) -> None:
+    """``start(*addresses, ready=)`` blocks until SIGTERM, then shuts down gracefully
+    (work in flight finishes) and returns."""
+    child = subprocess.Popen([sys.executable, "-c", STARTED, server_kind], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert child.stdout is not None
+        address = child.stdout.readline().strip()
+        assert address.startswith("tcp://127.0.0.1:")
+        with raw_connect(address) as peer:
+            peer.send(message("slow", id=1))
+            assert child.stdout.readline() == "started\n"
+            child.send_signal(signal.SIGTERM)
+            assert peer.receive() == {"jsonrpc": "2.0", "id": 1, "result": "finished"}
+            assert peer.receive_eof() == b""
+        assert child.wait(10) == 0
+        assert child.stdout.read() == "stopped\n"
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
