@@ -34,9 +34,11 @@ from ezipc_proto import NEED_DATA, Connection, Error, InvalidMessage, Notificati
 NAME = "ezipc"
 CODEC = "json"
 DECODE_FRAMINGS = ENCODE_FRAMINGS = ("ndjson", "lsp")
-# TODO(adapters): roundtrip. Add RT_TRANSPORT, rt_serve(port) and rt_client(port, plan)
-# here, driven by ezipc_adapters (see the harness README, "Adding an impl"), and drop RT_NA.
-RT_NA = "TODO: roundtrip through ezipc_adapters is not wired in yet"
+# Roundtrip: ezipc_adapters' Server and connect over loopback TCP, NDJSON; this row on
+# plain asyncio, ezipc_fast on uvloop with msgspec, ezipc_trio on trio, ezipc_blocking with
+# the blocking adapter. Handlers call driver.handle, as every Python server here does.
+RT_TRANSPORT = "tcp"
+LOOP = "asyncio"
 
 FRAMING = {"ndjson": "ndjson", "lsp": "content-length"}
 _MIXED_MAX = 100_000  # the harness's largest mixed stream; smaller ones are its prefixes
@@ -168,3 +170,51 @@ def encode(prepared: Prepared, framing: str) -> tuple[int, int]:
     send, send_batch = conn.send, conn.send_batch
     out = [send_batch(e) if type(e) is list else send(e) for e in prepared.events]
     return len(out), sum(map(len, out))
+
+
+# ---- roundtrip ---------------------------------------------------------------------------
+
+
+def _anyio_run(fn, *args, loop: str):
+    import anyio
+
+    backend = "trio" if loop == "trio" else "asyncio"
+    options = {"use_uvloop": True} if loop == "uvloop" else {}
+    return anyio.run(fn, *args, backend=backend, backend_options=options)
+
+
+def _server(codec: str):
+    from driver import handle
+
+    from ezipc_adapters import Server
+
+    server = Server(framing="ndjson", codec=codec)
+    server.hook_request("add", lambda a, b: handle("add", {"a": a, "b": b}))
+    server.hook_request("echo", lambda s: handle("echo", {"s": s}))
+    return server
+
+
+def serve_with(port: int, codec: str, loop: str) -> None:
+    server = _server(codec)
+    backend = "trio" if loop == "trio" else "asyncio"
+    server.start(f"tcp://127.0.0.1:{port}", backend=backend, use_uvloop=loop == "uvloop")
+
+
+def client_with(port: int, plan: dict, codec: str, loop: str) -> list[dict]:
+    from driver import drive_async
+
+    from ezipc_adapters import connect
+
+    async def main() -> list[dict]:
+        async with connect(f"tcp://127.0.0.1:{port}", codec=codec) as remote:
+            return await drive_async(remote.request, plan)
+
+    return _anyio_run(main, loop=loop)
+
+
+def rt_serve(port: int) -> None:
+    serve_with(port, CODEC, LOOP)
+
+
+def rt_client(port: int, plan: dict) -> list[dict]:
+    return client_with(port, plan, CODEC, LOOP)

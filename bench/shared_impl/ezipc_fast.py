@@ -8,7 +8,8 @@ from impls import ezipc as _base
 NAME = "ezipc(msgspec)"
 CODEC = "msgspec"
 DECODE_FRAMINGS = ENCODE_FRAMINGS = _base.DECODE_FRAMINGS
-RT_NA = _base.RT_NA
+RT_TRANSPORT = "tcp"
+LOOP = "uvloop"  # the roundtrip row: uvloop with the fast codec
 
 
 def unavailable() -> str | None:
@@ -29,3 +30,11 @@ def encode_prepare(msgs: list) -> _base.Prepared:
 
 def encode(prepared: _base.Prepared, framing: str) -> tuple[int, int]:
     return _base.encode(prepared, framing)
+
+
+def rt_serve(port: int) -> None:
+    _base.serve_with(port, CODEC, LOOP)
+
+
+def rt_client(port: int, plan: dict) -> list[dict]:
+    return _base.client_with(port, plan, CODEC, LOOP)

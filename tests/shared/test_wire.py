@@ -124,6 +124,14 @@ def test_auto_framing_answers_each_connection_in_kind(server_kind: str) -> None:
                 assert peer.receive() == {"jsonrpc": "2.0", "result": 19, "id": 1}
 
 
+def test_unusual_but_legal_ids_are_echoed_exactly(server_kind: str) -> None:
+    server, _ = spec_server(server_kind, "ndjson")
+    with serving(server_kind, server) as served, raw_connect(served.address, "ndjson") as peer:
+        for id in (None, 1.5, 0, "", -7, "x" * 100):
+            peer.send(json.dumps({"jsonrpc": "2.0", "method": "subtract", "params": [1, 1], "id": id}))
+            assert peer.receive() == {"jsonrpc": "2.0", "result": 0, "id": id}
+
+
 # ---- limits at their edge --------------------------------------------------------------
 
 EMPTY = len(json.dumps({"jsonrpc": "2.0", "method": "echo", "params": [""], "id": 1}))
