@@ -48,6 +48,8 @@ def parse_address(address: str | Address) -> Address:
         else:
             host, sep, port = rest.rpartition(":")
         if not sep or not host or not port.isdigit() or int(port) > 65535:
-            raise ValueError(f"{address!r}: expected tcp://HOST:PORT, e.g. tcp://127.0.0.1:9002 or tcp://[::1]:9002")
+            raise ValueError(
+                f"{address!r}: expected tcp://HOST:PORT, e.g. tcp://127.0.0.1:9002 or tcp://[::1]:9002"
+            )
         return Address("tcp", host=host, port=int(port))
     raise ValueError(f"{address!r}: expected tcp://HOST:PORT, unix:PATH or stdio")

@@ -1398,6 +1398,3 @@ def _bound(listener: anyio.abc.Listener[Any], addr: Address) -> list[str]:
         local = one.extra(anyio.abc.SocketAttribute.local_address, None)
         out.append(format_sockaddr(family, local) if family is not None else str(addr))
     return out
-
-
-AsyncHandler = Callable[..., Awaitable[Any]]

@@ -34,4 +34,3 @@ def token_matches(event: Request, expected: str) -> bool:
         and isinstance(token, str)
         and hmac.compare_digest(token.encode(), expected.encode())
     )
-

@@ -223,8 +223,9 @@ class _Pool:
             self._queued += 1
             if self._queued <= self._free or len(self._threads) >= self._max:
                 return
-            thread = threading.Thread(target=self._work, name=f"{self._name}-{len(self._threads) + 1}",
-                                      daemon=True)
+            thread = threading.Thread(
+                target=self._work, name=f"{self._name}-{len(self._threads) + 1}", daemon=True
+            )
             self._threads.append(thread)
             self._free += 1  # (it will be, in a moment)
         thread.start()
@@ -420,13 +421,15 @@ class _TLSTransport(_SocketTransport):
 
     callers_read = False  # request() waits for the reading threads instead
 
-    def __init__(self, sock: socket.socket, context: _ssl.SSLContext, *, server_side: bool,
-                 server_hostname: str | None) -> None:
+    def __init__(
+        self, sock: socket.socket, context: _ssl.SSLContext, *, server_side: bool, server_hostname: str | None
+    ) -> None:
         super().__init__(sock)
         self._in = _ssl.MemoryBIO()
         self._out = _ssl.MemoryBIO()
-        self._obj = context.wrap_bio(self._in, self._out, server_side=server_side,
-                                     server_hostname=server_hostname)
+        self._obj = context.wrap_bio(
+            self._in, self._out, server_side=server_side, server_hostname=server_hostname
+        )
         self._ssl_lock = threading.Lock()
 
     def handshake(self, timeout: float | None) -> None:
@@ -555,8 +558,14 @@ class _PipeTransport(_Readiness):
 
     callers_read = False
 
-    def __init__(self, rfd: int, wfd: int, *, close_read: Callable[[], None] | None = None,
-                 close_write: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        rfd: int,
+        wfd: int,
+        *,
+        close_read: Callable[[], None] | None = None,
+        close_write: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(rfd, wake_pipe=True)
         self.wlock = threading.Lock()
         self._rfd = rfd
@@ -693,10 +702,20 @@ class Remote:
     A ``Remote`` is a context manager: leaving the ``with`` block closes it.
     """
 
-    def __init__(self, transport: _Transport, hooks: Hooks, options: Options, pool: _Pool, *,
-                 server: Server | None = None, framing: str | None = None,
-                 local_address: str = "", remote_address: str = "",
-                 peer_credentials: PeerCredentials | None = None, caller_reads: bool = False) -> None:
+    def __init__(
+        self,
+        transport: _Transport,
+        hooks: Hooks,
+        options: Options,
+        pool: _Pool,
+        *,
+        server: Server | None = None,
+        framing: str | None = None,
+        local_address: str = "",
+        remote_address: str = "",
+        peer_credentials: PeerCredentials | None = None,
+        caller_reads: bool = False,
+    ) -> None:
         self._t = transport
         self._hooks = hooks
         self.options = options
@@ -762,8 +781,9 @@ class Remote:
     def __enter__(self) -> Remote:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     @property
@@ -797,8 +817,10 @@ class Remote:
         is interrupted (e.g. KeyboardInterrupt), the peer is told to cancel as well.
         """
         if self._reader_ident == _get_ident():
-            raise RuntimeError("request() would deadlock on the connection's reader thread; "
-                               "use submit(), or call from another thread")
+            raise RuntimeError(
+                "request() would deadlock on the connection's reader thread; "
+                "use submit(), or call from another thread"
+            )
         call = self._send_request(method, params)
         if timeout is None:
             timeout = self.options.request_timeout
@@ -822,8 +844,14 @@ class Remote:
             raise call.exc
         return call.result
 
-    def submit(self, method: str, params: Any = None, *, timeout: float | None = None,
-               callback: Callable[[Future[Any]], Any] | None = None) -> Future[Any]:
+    def submit(
+        self,
+        method: str,
+        params: Any = None,
+        *,
+        timeout: float | None = None,
+        callback: Callable[[Future[Any]], Any] | None = None,
+    ) -> Future[Any]:
         """Send a request and return a ``concurrent.futures.Future`` of its result at once.
 
         The future fails as ``request`` would raise. ``callback(future)`` runs in a
@@ -840,6 +868,7 @@ class Remote:
             timeout = self.options.request_timeout
         if timeout is not None:
             exc = TimeoutError(f"request {method!r} timed out after {timeout}s")
+
             def expire() -> None:
                 self._abandon(call, exc, defer_write=True)
 
@@ -865,8 +894,13 @@ class Remote:
 
     notif = notify  # the original EZ-IPC's name
 
-    def batch(self, requests: Iterable[tuple[str, Any]], *, notify: Iterable[tuple[str, Any]] = (),
-              timeout: float | None = None) -> list[Any]:
+    def batch(
+        self,
+        requests: Iterable[tuple[str, Any]],
+        *,
+        notify: Iterable[tuple[str, Any]] = (),
+        timeout: float | None = None,
+    ) -> list[Any]:
         """Send ``requests`` (``(method, params)`` pairs) and ``notify`` notifications as
         one JSON-RPC batch; return one item per request, in order: its result, or the
         ``RemoteError`` it was answered with (returned, not raised). ``TimeoutError``,
@@ -878,8 +912,9 @@ class Remote:
             if self._closed:
                 raise ConnectionClosed(f"{self.remote_address}: {self._close_reason}")
             if len(self._waiters) + len(requests) > self.options.max_pending:
-                raise LimitExceeded(f"a batch of {len(requests)} would exceed max_pending "
-                                    f"({self.options.max_pending})")
+                raise LimitExceeded(
+                    f"a batch of {len(requests)} would exceed max_pending ({self.options.max_pending})"
+                )
             conn = self._conn
             events: list[Request | Notification] = []
             for method, params in requests:
@@ -935,8 +970,14 @@ class Remote:
 
     # ---- internals: our calls --------------------------------------------------------
 
-    def _send_request(self, method: str, params: Any, *, future: bool = False,
-                      callback: Callable[[Future[Any]], Any] | None = None) -> _Call:
+    def _send_request(
+        self,
+        method: str,
+        params: Any,
+        *,
+        future: bool = False,
+        callback: Callable[[Future[Any]], Any] | None = None,
+    ) -> _Call:
         if type(params) is tuple:
             params = list(params)
         call = _Call(method)
@@ -948,8 +989,9 @@ class Remote:
                 raise ConnectionClosed(f"{self.remote_address}: {self._close_reason}")
             waiters = self._waiters
             if len(waiters) >= self._max_pending:
-                raise LimitExceeded(f"{len(waiters)} requests already await an answer "
-                                    f"(max_pending={self._max_pending})")
+                raise LimitExceeded(
+                    f"{len(waiters)} requests already await an answer (max_pending={self._max_pending})"
+                )
             conn = self._conn
             id = call.id = conn.next_id()
             data = conn.send(_new_request(method, params, id))
@@ -1267,8 +1309,9 @@ class Remote:
         if not self._aborted:
             with self._lock:
                 self._readers += 1
-            self._second = threading.Thread(target=self._lead, args=(1,), daemon=True,
-                                            name=f"ezipc-reader {self.remote_address}")
+            self._second = threading.Thread(
+                target=self._lead, args=(1,), daemon=True, name=f"ezipc-reader {self.remote_address}"
+            )
             self._second.start()
             return True
         return False
@@ -1406,8 +1449,9 @@ class Remote:
                 elif kind is Notification:
                     stats.messages_in += 1
                     if self._auth_pending:
-                        log.warning("%s sent a notification before authenticating: closing",
-                                    self.remote_address)
+                        log.warning(
+                            "%s sent a notification before authenticating: closing", self.remote_address
+                        )
                         ended = "authentication failed"
                         break
                     if self._ready and not self._line and not self._notifying:
@@ -1420,12 +1464,10 @@ class Remote:
                     call = waiters.pop(ev.id, None)  # type: ignore[union-attr]
                     if call is not None:
                         later = later or []
-                        later.append((self._settle, call, None,
-                                      RemoteError(ev.code, ev.message, ev.data)))  # type: ignore[union-attr]
+                        later.append((self._settle, call, None, RemoteError(ev.code, ev.message, ev.data)))  # type: ignore[union-attr]
                     else:  # id null: the peer could not read something we sent
                         stats.errors += 1
-                        log.warning("%s reported an error: [%s] %s", self.remote_address,
-                                    ev.code, ev.message)  # type: ignore[union-attr]
+                        log.warning("%s reported an error: [%s] %s", self.remote_address, ev.code, ev.message)  # type: ignore[union-attr]
                 elif kind is Cancel:
                     stats.messages_in += 1
                     job = self._jobs.get(ev.id)  # type: ignore[union-attr]
@@ -1435,16 +1477,18 @@ class Remote:
                         later.append((self._write_answer, self._answer_locked(job, cancelled)))
                 elif kind is InvalidMessage:
                     stats.errors += 1
-                    log.warning("%s sent an invalid message: %s", self.remote_address,
-                                ev.error.message)  # type: ignore[union-attr]
+                    log.warning("%s sent an invalid message: %s", self.remote_address, ev.error.message)  # type: ignore[union-attr]
                     if ev.reply:  # type: ignore[union-attr]
                         later = later or []
                         later.append((self._write, ev.reply))  # type: ignore[union-attr]
                 else:  # Closed
                     unfinished = ev.unfinished  # type: ignore[union-attr]
                     if unfinished:
-                        log.warning("%s closed in the middle of a message (%d bytes lost)",
-                                    self.remote_address, len(unfinished))
+                        log.warning(
+                            "%s closed in the middle of a message (%d bytes lost)",
+                            self.remote_address,
+                            len(unfinished),
+                        )
                     # A reset is no half-close: nobody will read our answers (as in the
                     # async adapter, the connection ends at once).
                     ended = "connection lost" if self._t.lost else "closed by the peer"
@@ -1497,8 +1541,12 @@ class Remote:
     def _busy(self) -> bool:
         """Under the lock: requests owed (or their answers not yet written), or
         notifications waiting or running."""
-        return bool(self._jobs or self._notifying or self._line
-                    or self._answers_made != self._answers_written + self._answers_dropped)
+        return bool(
+            self._jobs
+            or self._notifying
+            or self._line
+            or self._answers_made != self._answers_written + self._answers_dropped
+        )
 
     def _wait_space(self, timeout: float | None = None) -> None:
         """Under the lock: wait for the line to shrink or the work to end."""
@@ -1614,8 +1662,13 @@ class Remote:
             data = conn.send(answer)
         if type(answer) is Error:
             self._stats.errors += 1
-            log.info("%s: %s answered with error %s: %s", self.remote_address,
-                     method or (job.event.method if job is not None else "?"), answer.code, answer.message)
+            log.info(
+                "%s: %s answered with error %s: %s",
+                self.remote_address,
+                method or (job.event.method if job is not None else "?"),
+                answer.code,
+                answer.message,
+            )
         if data:
             self._answers_made += 1
         return data
@@ -1672,8 +1725,11 @@ class Remote:
             self._shutting_down = True
             for item in list(self._line):
                 if type(item) is _Job and not item.answered:
-                    writes.append(self._answer_locked(
-                        item, Error(item.event.id, ErrorCode.SHUTTING_DOWN, "Server is shutting down"), ""))
+                    writes.append(
+                        self._answer_locked(
+                            item, Error(item.event.id, ErrorCode.SHUTTING_DOWN, "Server is shutting down"), ""
+                        )
+                    )
             notes = [item for item in self._line if type(item) is not _Job]
             self._line.clear()
             self._line.extend(notes)
@@ -1695,8 +1751,11 @@ class Remote:
         writes = []
         with self._lock:
             for job in list(self._jobs.values()):
-                writes.append(self._answer_locked(
-                    job, Error(job.event.id, ErrorCode.SHUTTING_DOWN, "Server is shutting down"), ""))
+                writes.append(
+                    self._answer_locked(
+                        job, Error(job.event.id, ErrorCode.SHUTTING_DOWN, "Server is shutting down"), ""
+                    )
+                )
             self._wake_space()
         for data in writes:
             self._write_answer(data, _LINGER)
@@ -1747,9 +1806,15 @@ class Client(Hooks):
         self._pool_users = 0
         self._pool_lock = threading.Lock()
 
-    def connect(self, address: str | Address = DEFAULT_ADDRESS, *, ssl: _ssl.SSLContext | None = None,
-                timeout: float | None = None, server_hostname: str | None = None,
-                **options: Any) -> Remote:
+    def connect(
+        self,
+        address: str | Address = DEFAULT_ADDRESS,
+        *,
+        ssl: _ssl.SSLContext | None = None,
+        timeout: float | None = None,
+        server_hostname: str | None = None,
+        **options: Any,
+    ) -> Remote:
         """Connect (within ``timeout`` seconds, TLS handshake included) and return the
         ``Remote``. ``ssl``: an ``SSLContext`` for TLS over TCP (``server_hostname``
         defaults to the address's host). Raises ``OSError`` (``ConnectionRefusedError``,
@@ -1766,8 +1831,9 @@ class Client(Hooks):
             if context is not None:
                 if addr.kind != "tcp":
                     raise ValueError("TLS (ssl=) is for tcp:// addresses")
-                tls = _TLSTransport(sock, context, server_side=False,
-                                    server_hostname=server_hostname or addr.host)
+                tls = _TLSTransport(
+                    sock, context, server_side=False, server_hostname=server_hostname or addr.host
+                )
                 tls.handshake(timeout if timeout is not None else _HANDSHAKE_TIMEOUT)
                 transport = tls
             else:
@@ -1780,9 +1846,17 @@ class Client(Hooks):
         remote = self._attach(transport, opts, local, peer or str(addr), peer_credentials(sock))
         return self._authenticated(remote, opts, timeout)
 
-    def connect_subprocess(self, argv: Sequence[str], *, framing: str | None = None, cwd: str | None = None,
-                           env: dict[str, str] | None = None, stderr: Any = None,
-                           terminate_timeout: float = 2.0, **options: Any) -> Remote:
+    def connect_subprocess(
+        self,
+        argv: Sequence[str],
+        *,
+        framing: str | None = None,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        stderr: Any = None,
+        terminate_timeout: float = 2.0,
+        **options: Any,
+    ) -> Remote:
         """Start ``argv`` and talk to it over its stdin/stdout; returns the ``Remote``.
         On close: close the child's stdin, wait up to ``terminate_timeout`` seconds for
         it to exit, then terminate it, and kill it if it still runs. ``stderr`` is
@@ -1793,11 +1867,22 @@ class Client(Hooks):
         opts = self.options.replace(**options)
         if opts.framing == "auto":
             opts = opts.replace(framing="ndjson")
-        process = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
-                                   cwd=cwd, env=env, bufsize=0)
+        process = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            cwd=cwd,
+            env=env,
+            bufsize=0,
+        )
         assert process.stdin is not None and process.stdout is not None
-        transport = _PipeTransport(process.stdout.fileno(), process.stdin.fileno(),
-                                   close_read=process.stdout.close, close_write=process.stdin.close)
+        transport = _PipeTransport(
+            process.stdout.fileno(),
+            process.stdin.fileno(),
+            close_read=process.stdout.close,
+            close_write=process.stdin.close,
+        )
         name = f"subprocess:{process.pid}"
         remote = self._attach(transport, opts, "stdio", name, start=False)
         remote.data["process"] = process
@@ -1827,11 +1912,27 @@ class Client(Hooks):
                 raise
         return remote
 
-    def _attach(self, transport: _Transport, opts: Options, local: str, peer: str,
-                creds: PeerCredentials | None = None, *, start: bool = True) -> Remote:
+    def _attach(
+        self,
+        transport: _Transport,
+        opts: Options,
+        local: str,
+        peer: str,
+        creds: PeerCredentials | None = None,
+        *,
+        start: bool = True,
+    ) -> Remote:
         pool = self._acquire_pool(opts)
-        remote = Remote(transport, self, opts, pool, local_address=local, remote_address=peer,
-                        peer_credentials=creds, caller_reads=True)
+        remote = Remote(
+            transport,
+            self,
+            opts,
+            pool,
+            local_address=local,
+            remote_address=peer,
+            peer_credentials=creds,
+            caller_reads=True,
+        )
 
         def finished() -> None:
             log.info("connection to %s closed (%s)", remote.remote_address, remote._close_reason)
@@ -1882,12 +1983,19 @@ def _end_process(process: subprocess.Popen[bytes], timeout: float) -> None:
     process.wait()
 
 
-def connect(address: str | Address = DEFAULT_ADDRESS, *, framing: str = "ndjson",
-            ssl: _ssl.SSLContext | None = None, timeout: float | None = None,
-            server_hostname: str | None = None, **options: Any) -> Remote:
+def connect(
+    address: str | Address = DEFAULT_ADDRESS,
+    *,
+    framing: str = "ndjson",
+    ssl: _ssl.SSLContext | None = None,
+    timeout: float | None = None,
+    server_hostname: str | None = None,
+    **options: Any,
+) -> Remote:
     """``with connect(address) as remote:`` — a ``Client`` with no hooks."""
-    return Client(framing, **options).connect(address, ssl=ssl, timeout=timeout,
-                                              server_hostname=server_hostname)
+    return Client(framing, **options).connect(
+        address, ssl=ssl, timeout=timeout, server_hostname=server_hostname
+    )
 
 
 def connect_subprocess(argv: Sequence[str], *, framing: str = "ndjson", **options: Any) -> Remote:
@@ -2111,8 +2219,9 @@ class Server(Hooks):
             if not busy:
                 self._connections += 1
         target = self._refuse if busy else self._serve_connection
-        thread = threading.Thread(target=target, args=(conn, addr, creds), name="ezipc-connection",
-                                  daemon=True)
+        thread = threading.Thread(
+            target=target, args=(conn, addr, creds), name="ezipc-connection", daemon=True
+        )
         thread.start()
 
     def _transport(self, conn: socket.socket, addr: Address) -> _Transport:
@@ -2123,8 +2232,9 @@ class Server(Hooks):
         return _SocketTransport(conn)
 
     def _refuse(self, conn: socket.socket, addr: Address, creds: PeerCredentials | None) -> None:
-        log.warning("refusing a connection on %s: max_connections (%d) reached", addr,
-                    self.options.max_connections)
+        log.warning(
+            "refusing a connection on %s: max_connections (%d) reached", addr, self.options.max_connections
+        )
         try:
             transport = self._transport(conn, addr)
             body = self.options.connection().send(Error(None, ErrorCode.SERVER_BUSY, "Too many connections"))
@@ -2158,8 +2268,16 @@ class Server(Hooks):
 
     def _serve(self, transport: _Transport, local: str, peer: str, creds: PeerCredentials | None) -> None:
         assert self._pool is not None
-        remote = Remote(transport, self, self.options, self._pool, server=self, local_address=local,
-                        remote_address=peer, peer_credentials=creds)
+        remote = Remote(
+            transport,
+            self,
+            self.options,
+            self._pool,
+            server=self,
+            local_address=local,
+            remote_address=peer,
+            peer_credentials=creds,
+        )
         with self._lock:
             self._remotes.add(remote)
         log.info("connection from %s", peer)
@@ -2207,8 +2325,10 @@ class Server(Hooks):
             remote._wait_idle(deadline)
         for remote in remotes:
             remote._end_shutdown()
-        closers = [threading.Thread(target=remote._close_gracefully, args=(_LINGER,), daemon=True)
-                   for remote in remotes]
+        closers = [
+            threading.Thread(target=remote._close_gracefully, args=(_LINGER,), daemon=True)
+            for remote in remotes
+        ]
         for thread in closers:
             thread.start()
         for thread in closers:
@@ -2231,8 +2351,9 @@ class Server(Hooks):
         skip = {exclude} if isinstance(exclude, Remote) else set(exclude or ())
         return [r for r in self.remotes if not r._auth_pending and not r.closed and r not in skip]
 
-    def broadcast(self, method: str, params: Any = None, *,
-                  exclude: Remote | Iterable[Remote] | None = None) -> None:
+    def broadcast(
+        self, method: str, params: Any = None, *, exclude: Remote | Iterable[Remote] | None = None
+    ) -> None:
         """Notify every connected peer (but those in ``exclude``, e.g. the sender; one
         whose connection fails is skipped)."""
         for remote in self._audience(exclude):
@@ -2242,8 +2363,14 @@ class Server(Hooks):
                 except ConnectionClosed:
                     pass
 
-    def broadcast_request(self, method: str, params: Any = None, *, timeout: float | None = None,
-                          exclude: Remote | Iterable[Remote] | None = None) -> dict[Remote, Any]:
+    def broadcast_request(
+        self,
+        method: str,
+        params: Any = None,
+        *,
+        timeout: float | None = None,
+        exclude: Remote | Iterable[Remote] | None = None,
+    ) -> dict[Remote, Any]:
         """Call every connected peer at once; map each ``Remote`` to its result or to the
         exception its call ended with."""
         futures: dict[Remote, Future[Any] | BaseException] = {}
@@ -2309,4 +2436,3 @@ def _listen_unix(path: str, mode: int) -> socket.socket:
         sock.close()
         raise
     return sock
-

@@ -182,17 +182,24 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
     )
     serve.add_argument("target", metavar="TARGET", help="module:attr, file.py:attr, module or file.py")
     serve.add_argument(
-        "--listen", "-l", action="append", metavar="ADDRESS", default=[],
+        "--listen",
+        "-l",
+        action="append",
+        metavar="ADDRESS",
+        default=[],
         help=f"where to listen (repeatable; default {DEFAULT_ADDRESS})",
     )
     serve.add_argument(
-        "--framing", choices=("auto", "ndjson", "content-length"), default=None,
+        "--framing",
+        choices=("auto", "ndjson", "content-length"),
+        default=None,
         help="message framing (default: the Server's own; 'auto' for a module's functions: "
         "each connection is answered in the framing it speaks)",
     )
     serve.add_argument("--verbose", "-v", action="store_true", help="log every message (truncated)")
-    serve.add_argument("--tls-cert", metavar="CERT",
-                       help="serve TLS on tcp:// addresses: certificate chain (PEM)")
+    serve.add_argument(
+        "--tls-cert", metavar="CERT", help="serve TLS on tcp:// addresses: certificate chain (PEM)"
+    )
     serve.add_argument("--tls-key", metavar="KEY", help="private key of --tls-cert (PEM; default: in CERT)")
     serve.add_argument("--tls-ca", metavar="CA", help="require client certificates signed by this CA (PEM)")
 
@@ -210,35 +217,51 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
     call.add_argument("words", nargs="*", metavar="ADDRESS METHOD PARAMS", help=argparse.SUPPRESS)
     call.add_argument("--notify", "-n", action="store_true", help="send a notification: no answer, no output")
     call.add_argument(
-        "--framing", choices=("ndjson", "content-length"), default="ndjson",
+        "--framing",
+        choices=("ndjson", "content-length"),
+        default="ndjson",
         help="message framing (default: ndjson; language servers use content-length)",
     )
     call.add_argument(
-        "--timeout", "-t", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+        "--timeout",
+        "-t",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
         help="give up on the answer (and on connecting) after this long; 0: never "
         f"(default {DEFAULT_TIMEOUT:g})",
     )
     call.add_argument(
-        "--spawn", metavar="'COMMAND ARGS'",
+        "--spawn",
+        metavar="'COMMAND ARGS'",
         help="start this program (split as by a shell, not run by one) and talk to it over its "
         "stdin/stdout instead of connecting to an ADDRESS; its stdin is closed at the end",
     )
-    call.add_argument("--batch", "-b", metavar="FILE",
-                      help="send the calls in FILE (- for stdin) as one batch")
-    call.add_argument("--sequential", "-s", action="store_true",
-                      help="with --batch: send the calls one at a time, in order, each awaiting its answer")
+    call.add_argument(
+        "--batch", "-b", metavar="FILE", help="send the calls in FILE (- for stdin) as one batch"
+    )
+    call.add_argument(
+        "--sequential",
+        "-s",
+        action="store_true",
+        help="with --batch: send the calls one at a time, in order, each awaiting its answer",
+    )
     call.add_argument("--tls", action="store_true", help="connect with TLS (system CAs unless --cafile)")
-    call.add_argument("--cafile", metavar="CA",
-                      help="trust this CA (PEM) for the server's certificate; implies --tls")
+    call.add_argument(
+        "--cafile", metavar="CA", help="trust this CA (PEM) for the server's certificate; implies --tls"
+    )
     call.add_argument("--cert", metavar="CERT", help="client certificate (PEM) for TLS; implies --tls")
     call.add_argument("--key", metavar="KEY", help="private key of --cert (PEM; default: in CERT)")
-    call.add_argument("--server-hostname", metavar="NAME",
-                      help="the name to check the TLS certificate against")
+    call.add_argument(
+        "--server-hostname", metavar="NAME", help="the name to check the TLS certificate against"
+    )
     out = call.add_mutually_exclusive_group()
-    out.add_argument("--pretty", action="store_true", default=None,
-                     help="indent the JSON output (default on a terminal)")
-    out.add_argument("--compact", action="store_false", dest="pretty",
-                     help="print the JSON output on one line")
+    out.add_argument(
+        "--pretty", action="store_true", default=None, help="indent the JSON output (default on a terminal)"
+    )
+    out.add_argument(
+        "--compact", action="store_false", dest="pretty", help="print the JSON output on one line"
+    )
     call.add_argument("--verbose", "-v", action="store_true", help="log every message to stderr")
 
     demo = sub.add_parser(
@@ -248,10 +271,12 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
         "with measured timings, a request, a notification, a batch, a server-to-client call, "
         "a cancelled slow request and error replies, with every message on the wire.",
     )
-    demo.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio",
-                      help="event loop (default asyncio)")
-    demo.add_argument("--no-wire", dest="wire", action="store_false",
-                      help="do not print the messages on the wire")
+    demo.add_argument(
+        "--backend", choices=("asyncio", "trio"), default="asyncio", help="event loop (default asyncio)"
+    )
+    demo.add_argument(
+        "--no-wire", dest="wire", action="store_false", help="do not print the messages on the wire"
+    )
     demo.add_argument("--no-color", dest="color", action="store_false", default=None, help="no colours")
     return parser, {"serve": serve, "call": call, "demo": demo}
 
@@ -412,7 +437,10 @@ def _log_errors(remote: Any) -> None:
     if stats.errors:
         log.info(
             "%s: %d error(s) in %d message(s) received and %d sent",
-            remote.remote_address, stats.errors, stats.messages_in, stats.messages_out,
+            remote.remote_address,
+            stats.errors,
+            stats.messages_in,
+            stats.messages_out,
         )
 
 
@@ -465,9 +493,7 @@ def load_target(target: str) -> tuple[Any, str]:
         if not _is_server(obj):
             raise UsageError(f"{target!r} is not an ezipc Server (it is {type(obj).__name__})")
         return obj, f"serving {target} ({_methods(obj)})"
-    servers = [
-        name for name, value in vars(module).items() if not name.startswith("_") and _is_server(value)
-    ]
+    servers = [name for name, value in vars(module).items() if not name.startswith("_") and _is_server(value)]
     if len(servers) == 1:
         obj = getattr(module, servers[0])
         return obj, f"serving {spec}:{servers[0]} ({_methods(obj)})"
@@ -490,9 +516,7 @@ def public_functions(module: ModuleType) -> dict[str, Callable[..., Any]]:
     return {
         name: value
         for name, value in vars(module).items()
-        if not name.startswith("_")
-        and inspect.isfunction(value)
-        and value.__module__ == module.__name__
+        if not name.startswith("_") and inspect.isfunction(value) and value.__module__ == module.__name__
     }
 
 
@@ -534,7 +558,7 @@ def _import(spec: str) -> ModuleType:
     try:
         return importlib.import_module(spec)
     except ModuleNotFoundError as exc:
-        if exc.name is not None and spec.startswith(exc.name) and spec[len(exc.name):][:1] in ("", "."):
+        if exc.name is not None and spec.startswith(exc.name) and spec[len(exc.name) :][:1] in ("", "."):
             raise UsageError(f"no module named {spec!r} (not on sys.path? or did you mean a file?)") from None
         raise
 
@@ -681,10 +705,19 @@ def _call(args: argparse.Namespace) -> int:
     timeout = args.timeout if args.timeout > 0 else None
     pretty = sys.stdout.isatty() if args.pretty is None else args.pretty
     job = _CallJob(
-        address=address, argv=argv, method=method, params=params, batch=batch,
-        sequential=args.sequential, notify=args.notify,
-        timeout=timeout, pretty=pretty, framing=args.framing, ssl=ssl_context,
-        server_hostname=args.server_hostname, verbose=args.verbose,
+        address=address,
+        argv=argv,
+        method=method,
+        params=params,
+        batch=batch,
+        sequential=args.sequential,
+        notify=args.notify,
+        timeout=timeout,
+        pretty=pretty,
+        framing=args.framing,
+        ssl=ssl_context,
+        server_hostname=args.server_hostname,
+        verbose=args.verbose,
     )
     with _logging(logging.DEBUG if args.verbose else logging.WARNING, timestamps=False):
         return anyio.run(job.run, backend="asyncio")
@@ -762,8 +795,9 @@ class _CallJob:
                 log.warning("while closing the connection: %r", leaf)
                 return status
             if isinstance(leaf, TimeoutError):
-                return self._fail(f"cannot connect to {self.peer}: no connection within {self.timeout:g}s",
-                                  EXIT_CONNECTION)
+                return self._fail(
+                    f"cannot connect to {self.peer}: no connection within {self.timeout:g}s", EXIT_CONNECTION
+                )
             if isinstance(leaf, OSError | anyio.BrokenResourceError | anyio.EndOfStream | ConnectionClosed):
                 what = "cannot start" if self.argv else "cannot connect to"
                 return self._fail(f"{what} {self.peer}: {_describe_error(leaf)}", EXIT_CONNECTION)
@@ -891,8 +925,14 @@ class _Demo:
     """``ezipc demo``: a server, a tap that prints the bytes on the wire, and a client."""
 
     STYLES: ClassVar[dict[str, str]] = {
-        "title": "1", "step": "1;36", "code": "33", "wire": "2",
-        "server": "35", "ok": "32", "bad": "31", "log": "35",
+        "title": "1",
+        "step": "1;36",
+        "code": "33",
+        "wire": "2",
+        "server": "35",
+        "ok": "32",
+        "bad": "31",
+        "log": "35",
     }
 
     def __init__(self, *, wire: bool, color: bool, backend: str) -> None:
@@ -1050,8 +1090,11 @@ class _Demo:
                 await anyio.sleep(seconds)
             except anyio.get_cancelled_exc_class():
                 demo.slow_cancelled_after = time.perf_counter() - demo.slow_started
-                demo.say("server", f"server: slow was cancelled after {_ms(demo.slow_cancelled_after)} "
-                         f"(of the {seconds:g} s it meant to sleep)")
+                demo.say(
+                    "server",
+                    f"server: slow was cancelled after {_ms(demo.slow_cancelled_after)} "
+                    f"(of the {seconds:g} s it meant to sleep)",
+                )
                 if demo.cancelled is not None:
                     demo.cancelled.set()
                 raise
@@ -1073,8 +1116,12 @@ class _Demo:
 
     async def run(self) -> int:
         started = time.perf_counter()
-        self.say("title", "ezipc demo: a JSON-RPC 2.0 server and client in one process "
-                 f"({self.backend}, Python {sys.version.split()[0]})", indent=0)
+        self.say(
+            "title",
+            "ezipc demo: a JSON-RPC 2.0 server and client in one process "
+            f"({self.backend}, Python {sys.version.split()[0]})",
+            indent=0,
+        )
         server = self._server()
         client = Client(framing="ndjson")
 
@@ -1087,12 +1134,16 @@ class _Demo:
             bound = await tg.start(server.serve, "tcp://127.0.0.1:0")
             port = parse_address(bound[0]).port
             tap_port = await tg.start(self._tap, port)
-            self.say("", f"server: listening on {bound[0]} (NDJSON framing: one JSON text per line)",
-                     indent=0)
+            self.say(
+                "", f"server: listening on {bound[0]} (NDJSON framing: one JSON text per line)", indent=0
+            )
             if self.wire:
-                self.say("", f"tap:    tcp://127.0.0.1:{tap_port} forwards to the server and prints each "
-                         f"message ({self.to_server} to the server, {self.to_client} to the client)",
-                         indent=0)
+                self.say(
+                    "",
+                    f"tap:    tcp://127.0.0.1:{tap_port} forwards to the server and prints each "
+                    f"message ({self.to_server} to the server, {self.to_client} to the client)",
+                    indent=0,
+                )
             connect_started = time.perf_counter()
             async with client.connect(f"tcp://127.0.0.1:{tap_port if self.wire else port}") as remote:
                 self.say("", f"client: connected in {_ms(time.perf_counter() - connect_started)}", indent=0)
@@ -1105,9 +1156,12 @@ class _Demo:
         if self.failures:
             self.say("bad", f"{self.failures} step(s) did not go as expected", indent=0)
             return 1
-        self.say("title", f"Done in {_ms(total)}: the client sent {stats.messages_out} messages "
-                 f"({stats.bytes_out} bytes) and received {stats.messages_in} ({stats.bytes_in} bytes).",
-                 indent=0)
+        self.say(
+            "title",
+            f"Done in {_ms(total)}: the client sent {stats.messages_out} messages "
+            f"({stats.bytes_out} bytes) and received {stats.messages_in} ({stats.bytes_in} bytes).",
+            indent=0,
+        )
         self.line("Next: serve functions of your own, and call them from another terminal:")
         self.line("   echo 'def subtract(a, b): return a - b' > mymethods.py")
         self.line("   ezipc serve mymethods.py --listen tcp://127.0.0.1:9002")
@@ -1135,13 +1189,17 @@ class _Demo:
         with anyio.move_on_after(2.0):
             await self.notified.wait()
         await self.settle(up, seen["down"])
-        self.check(self.notified.is_set(),
-                   f"the server ran its handler {_ms(self.notified_at - t0)} after the client sent it")
+        self.check(
+            self.notified.is_set(),
+            f"the server ran its handler {_ms(self.notified_at - t0)} after the client sent it",
+        )
 
         self.step(3, "A batch: several calls in one message, the answers in one array")
-        self.code('await remote.batch([("sum", [1, 2, 4]), ("subtract", [42, 23]),\n'
-                  '                    ("foo.get", {"name": "myself"}), ("get_data", None)],\n'
-                  '                   notify=[("notify_hello", [7])])')
+        self.code(
+            'await remote.batch([("sum", [1, 2, 4]), ("subtract", [42, 23]),\n'
+            '                    ("foo.get", {"name": "myself"}), ("get_data", None)],\n'
+            '                   notify=[("notify_hello", [7])])'
+        )
         up, down = seen["up"] + 1, seen["down"] + 1
         t0 = time.perf_counter()
         results = await remote.batch(
@@ -1161,21 +1219,24 @@ class _Demo:
         shown = ", ".join(
             f"error {r.code} ({r.message})" if isinstance(r, RemoteError) else json.dumps(r) for r in results
         )
-        self.check(ok,
-                   f"4 answers for 4 requests (the notification gets none): {shown} in {_ms(elapsed)}")
+        self.check(ok, f"4 answers for 4 requests (the notification gets none): {shown} in {_ms(elapsed)}")
 
         self.step(4, "The server calls the client back in the middle of a request")
-        self.code('client = Client()\n'
-                  '@client.hook_request("client/name")\n'
-                  'def client_name(): return "demo client"\n'
-                  'await remote.request("whoami")')
+        self.code(
+            "client = Client()\n"
+            '@client.hook_request("client/name")\n'
+            'def client_name(): return "demo client"\n'
+            'await remote.request("whoami")'
+        )
         up, down = seen["up"] + 2, seen["down"] + 2
         t0 = time.perf_counter()
         result = await remote.request("whoami")
         elapsed = time.perf_counter() - t0
         await self.settle(up, down)
-        self.check(result == "hello, demo client",
-                   f"result: {result!r} in {_ms(elapsed)} (two round trips, ids counted per direction)")
+        self.check(
+            result == "hello, demo client",
+            f"result: {result!r} in {_ms(elapsed)} (two round trips, ids counted per direction)",
+        )
 
         self.step(5, "A slow request cancelled by a timeout")
         self.code('await remote.request("slow", {"seconds": 10}, timeout=0.25)')
@@ -1191,9 +1252,11 @@ class _Demo:
         with anyio.move_on_after(2.0):
             await self.cancelled.wait()
         await self.settle(up, down)
-        self.check(outcome == "TimeoutError" and self.cancelled.is_set(),
-                   f"{outcome} after {_ms(elapsed)}; the client sent a cancellation and the server "
-                   f"stopped the handler (its late answer is dropped)")
+        self.check(
+            outcome == "TimeoutError" and self.cancelled.is_set(),
+            f"{outcome} after {_ms(elapsed)}; the client sent a cancellation and the server "
+            f"stopped the handler (its late answer is dropped)",
+        )
 
         self.step(6, "Error replies: raised as RemoteError(code, message, data)")
         calls: list[tuple[str, Any, int, str]] = [

@@ -54,8 +54,15 @@ class Options:
     def __post_init__(self) -> None:
         if self.framing not in ("ndjson", "content-length", "auto"):
             raise ValueError(f"framing must be 'ndjson', 'content-length' or 'auto', not {self.framing!r}")
-        for name in ("max_message_size", "max_batch_size", "max_concurrency", "max_pending",
-                     "max_connections", "max_workers", "write_buffer_size"):
+        for name in (
+            "max_message_size",
+            "max_batch_size",
+            "max_concurrency",
+            "max_pending",
+            "max_connections",
+            "max_workers",
+            "write_buffer_size",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         for name in ("idle_timeout", "message_timeout", "request_timeout"):
@@ -97,7 +104,7 @@ class Stats:
     bytes_out: int = 0
     errors: int = 0  #: malformed input received, and error answers sent
     late_responses: int = 0  #: answers to requests we had given up on, dropped
-    requests_pending: int = 0  #: our requests awaiting an answer (updated on read)
+    requests_pending: int = 0  #: our requests awaiting an answer
     handlers_running: int = 0
 
     def as_dict(self) -> dict[str, int]:

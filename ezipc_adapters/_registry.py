@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
-from ezipc_proto import Error, ErrorCode, Id, Params, Response
+from ezipc_proto import Error, ErrorCode, Id, Params
 
 from ._errors import RemoteError
 
@@ -50,10 +50,12 @@ class Handler:
         try:
             sig = inspect.signature(fn)
         except (TypeError, ValueError):  # some builtins have no signature: accept anything
-            sig = inspect.Signature([
-                inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL),
-                inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
-            ])
+            sig = inspect.Signature(
+                [
+                    inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL),
+                    inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
+                ]
+            )
         remote = sig.parameters.get("remote")
         self.wants_remote = remote is not None and remote.kind in (_POK, _KW)
         params = [p for p in sig.parameters.values() if not (self.wants_remote and p.name == "remote")]
@@ -78,9 +80,7 @@ class Handler:
                 kwargs = {}
             elif isinstance(params, list):
                 if not len(self._required) <= len(params) <= len(names):
-                    raise InvalidParams(
-                        f"expected {self._arity()} positional params, got {len(params)}"
-                    )
+                    raise InvalidParams(f"expected {self._arity()} positional params, got {len(params)}")
                 # Only the first len(params) names are bound; defaults fill the rest,
                 # so a missing required one is caught above by the count.
                 if self.wants_remote:
@@ -201,8 +201,12 @@ def error_answer(id: Id, exc: BaseException, *, method: str, debug: bool) -> Err
 def unencodable_answer(id: Id, exc: BaseException, *, method: str, debug: bool) -> Error:
     """The answer for a handler whose result cannot be encoded as JSON (logged here)."""
     log.error("result of %r cannot be sent as JSON: %s", method, exc)
-    return Error(id, ErrorCode.INTERNAL_ERROR, "Internal error: the result cannot be encoded as JSON",
-                 str(exc) if debug else None)
+    return Error(
+        id,
+        ErrorCode.INTERNAL_ERROR,
+        "Internal error: the result cannot be encoded as JSON",
+        str(exc) if debug else None,
+    )
 
 
 def not_found(id: Id, method: str) -> Error:
@@ -213,10 +217,3 @@ def call_handler(handler: Handler, params: Params, remote: object) -> Any:
     """Bind and call; the result may be an awaitable (the async adapter awaits it)."""
     args, kwargs = handler.bind(params, remote)
     return handler.fn(*args, **kwargs)
-
-
-def result_answer(id: Id, result: Any) -> Response:
-    return Response(id, result)
-
-
-AsyncCallback = Callable[..., Awaitable[Any]]

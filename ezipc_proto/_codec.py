@@ -54,9 +54,7 @@ class JsonCodec:
         decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_strict_float)
         self._scan = decoder.scan_once  # type: ignore[attr-defined]
         self._iterencode = _C_ITERENCODE
-        self._dump = json.JSONEncoder(
-            ensure_ascii=False, allow_nan=False, separators=(",", ":")
-        ).encode
+        self._dump = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
         self._dump_ascii = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
 
     def decode(self, data: bytes) -> Any:
@@ -100,7 +98,7 @@ def _c_iterencode() -> Callable[[Any, int], list[str]] | None:
         iterencode: Callable[[Any, int], list[str]] = encoder.c_make_encoder(  # type: ignore[attr-defined]
             None, _reject_type, encoder.encode_basestring, None, ":", ",", False, False, False
         )
-        probe: Any = {"a": [1, 2.5, "\u00e9\n\"", None, True, -0.0, 10**30], "b": {}}
+        probe: Any = {"a": [1, 2.5, '\u00e9\n"', None, True, -0.0, 10**30], "b": {}}
         if "".join(iterencode(probe, 0)) != json.dumps(probe, ensure_ascii=False, separators=(",", ":")):
             return None
         try:
@@ -176,7 +174,5 @@ def get_codec(codec: str | Codec) -> Codec:
         try:
             return MsgspecCodec()
         except ImportError:
-            raise ImportError(
-                f"codec={codec!r} needs msgspec: pip install 'ezipc[fast]'"
-            ) from None
+            raise ImportError(f"codec={codec!r} needs msgspec: pip install 'ezipc[fast]'") from None
     raise ValueError(f"unknown codec {codec!r}: use 'json', 'msgspec' or 'fast'")

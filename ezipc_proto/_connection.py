@@ -255,8 +255,10 @@ class Connection:
                 frame = cut
             if frame is OVERSIZE:
                 return self._invalid(
-                    None, ErrorCode.MESSAGE_TOO_LARGE,
-                    f"Message larger than {self.max_message_size} bytes", None,
+                    None,
+                    ErrorCode.MESSAGE_TOO_LARGE,
+                    f"Message larger than {self.max_message_size} bytes",
+                    None,
                 )
             try:
                 obj = decode(frame)
@@ -297,8 +299,10 @@ class Connection:
             return self._invalid(None, ErrorCode.INVALID_REQUEST, "Invalid Request: empty batch", None)
         if len(items) > self.max_batch_size:
             return self._invalid(
-                None, ErrorCode.BATCH_TOO_LARGE,
-                f"Batch of {len(items)} exceeds the limit of {self.max_batch_size}", None,
+                None,
+                ErrorCode.BATCH_TOO_LARGE,
+                f"Batch of {len(items)} exceeds the limit of {self.max_batch_size}",
+                None,
             )
         batch = _Batch()
         events = [ev for ev in (self._receive(item, batch) for item in items) if ev is not None]
@@ -351,8 +355,10 @@ class Connection:
         if id in owed or (batch is not None and id in batch.errored):
             # Answering with this id would give the peer two answers for one id.
             return self._invalid(
-                None, ErrorCode.INVALID_REQUEST,
-                f"Invalid Request: id {id!r} is already in use by a request in progress", batch,
+                None,
+                ErrorCode.INVALID_REQUEST,
+                f"Invalid Request: id {id!r} is already in use by a request in progress",
+                batch,
             )
         if "rpc." <= method < "rpc/":  # method.startswith("rpc."), see _RESERVED
             return self._invalid(id, ErrorCode.METHOD_NOT_FOUND, _RESERVED, batch)

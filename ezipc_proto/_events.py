@@ -166,6 +166,7 @@ class Closed:
 
 Event = Request | Notification | Response | Error | Cancel | InvalidMessage | Closed
 
+
 # Private fast constructors for the parser: they skip __init__'s validation. Each builds
 # a plain slotted twin of the event class (same slots, so the same memory layout), fills
 # the slots with ordinary attribute stores, then re-labels the object with the frozen

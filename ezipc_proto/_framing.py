@@ -51,7 +51,8 @@ def _drop_blank_lines(frames: deque[Cut]) -> None:
     """Blank lines (empty, or blank space that begins with a space, tab or CR) are
     skipped; an oversize one was already replaced by ``OVERSIZE``."""
     kept = [
-        f for f in frames
+        f
+        for f in frames
         if not isinstance(f, (bytes, bytearray)) or (f and not (f[0] in _BLANK and not f.strip()))
     ]
     frames.clear()
