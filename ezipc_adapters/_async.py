@@ -39,7 +39,6 @@ from ezipc_proto import (
     InvalidMessage,
     LocalProtocolError,
     Notification,
-    Params,
     RemoteProtocolError,
     Request,
     Response,
@@ -53,10 +52,12 @@ from ._peer import PeerCredentials, format_sockaddr, free_unix_path, peer_creden
 from ._registry import (
     Hooks,
     InvalidParams,
+    as_params,
     call_handler,
     error_answer,
     log,
     not_found,
+    shorten,
     unencodable_answer,
 )
 
@@ -66,15 +67,6 @@ _CLOSED_ERRORS = (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenReso
 _FLUSH_TIMEOUT = 2.0  # how long a closing connection waits to write what it still holds
 _HOOK_TIMEOUT = 10.0  # how long disconnect hooks may take once the connection has ended
 _READ_SIZE = 65536
-
-
-def _as_params(params: Any) -> Params:
-    return list(params) if isinstance(params, tuple) else params
-
-
-def _short(data: bytes, limit: int = 200) -> str:
-    text = data[:limit].decode("utf-8", "replace").rstrip("\n")
-    return text + ("..." if len(data) > limit else "")
 
 
 class Call:
@@ -261,7 +253,7 @@ class Remote:
             raise LimitExceeded(f"{len(self._waiters)} requests already await an answer (max_pending)")
         conn = self._conn
         id = conn.next_id()
-        data = conn.send(Request(method, _as_params(params), id))
+        data = conn.send(Request(method, as_params(params), id))
         call = Call(self, id, method, callback)
         self._waiters[id] = call
         self._write(data)
@@ -274,7 +266,7 @@ class Remote:
         """Send a notification (no answer). Waits only if the peer is not reading."""
         if self._closed:
             raise ConnectionClosed(f"{self.remote_address}: {self._close_reason}")
-        self._write(self._conn.send(Notification(method, _as_params(params))))
+        self._write(self._conn.send(Notification(method, as_params(params))))
         await self._writable()
 
     notif = notify  # the original EZ-IPC's name
@@ -297,9 +289,9 @@ class Remote:
             raise LimitExceeded(f"a batch of {len(requests)} would exceed max_pending")
         conn = self._conn
         events: list[Request | Notification] = [
-            Request(method, _as_params(params), conn.next_id()) for method, params in requests
+            Request(method, as_params(params), conn.next_id()) for method, params in requests
         ]
-        events += [Notification(method, _as_params(params)) for method, params in notify]
+        events += [Notification(method, as_params(params)) for method, params in notify]
         data = conn.send_batch(events)
         calls = [Call(self, ev.id, ev.method, None) for ev in events if isinstance(ev, Request)]
         for call in calls:
@@ -474,7 +466,7 @@ class Remote:
         self._out_size += len(data)
         self._stats.messages_out += 1
         if self._log_messages:
-            log.debug("sent to %s: %s", self.remote_address, _short(data))
+            log.debug("sent to %s: %s", self.remote_address, shorten(data))
         if not self._writing and not self._reading:
             self._wake("write")
 
@@ -601,7 +593,7 @@ class Remote:
                     break
                 kind = type(event)
                 if self._log_messages and kind is not InvalidMessage:
-                    log.debug("received from %s: %s", self.remote_address, _short(repr(event).encode()))
+                    log.debug("received from %s: %s", self.remote_address, shorten(repr(event).encode()))
                 if kind is Response:
                     stats.messages_in += 1
                     call = waiters.pop(event.id, None)  # type: ignore[union-attr]

@@ -65,7 +65,6 @@ from ezipc_proto import (
     InvalidMessage,
     LocalProtocolError,
     Notification,
-    Params,
     RemoteProtocolError,
     Request,
     Response,
@@ -80,10 +79,12 @@ from ._peer import PeerCredentials, format_sockaddr, free_unix_path, peer_creden
 from ._registry import (
     Hooks,
     InvalidParams,
+    as_params,
     call_handler,
     error_answer,
     log,
     not_found,
+    shorten,
     unencodable_answer,
 )
 
@@ -107,22 +108,12 @@ _get_ident = threading.get_ident
 _allocate_lock = threading.Lock
 
 
-def _as_params(params: Any) -> Params:
-    return list(params) if type(params) is tuple else params
-
-
 def _new_request(method: str, params: Any, id: int) -> Request:
     """A request to send: validated only if unusual (the core's fast constructor skips
     the checks that these type tests already made; the id comes from ``next_id``)."""
     if type(method) is str and (params is None or type(params) is dict or type(params) is list):
         return _request(method, params, id)
     return Request(method, params, id)
-
-
-def _short(data: bytes | str, limit: int = 200) -> str:
-    text = data[: limit + 1].decode("utf-8", "replace") if isinstance(data, bytes) else data[: limit + 1]
-    text = text.rstrip("\r\n")
-    return text[:limit] + "..." if len(text) > limit else text
 
 
 def _run_awaitable(value: Any) -> Any:
@@ -889,7 +880,7 @@ class Remote:
         if self._aborted or (self._closed and self._end_reason is None):
             raise ConnectionClosed(f"{self.remote_address}: {self._close_reason}")
         with self._lock:
-            data = self._conn.send(Notification(method, _as_params(params)))
+            data = self._conn.send(Notification(method, as_params(params)))
         self._write(data)
 
     notif = notify  # the original EZ-IPC's name
@@ -906,7 +897,7 @@ class Remote:
         ``RemoteError`` it was answered with (returned, not raised). ``TimeoutError``,
         ``ConnectionClosed`` and ``LimitExceeded`` raise as for ``request``."""
         requests = list(requests)
-        notes = [Notification(m, _as_params(p)) for m, p in notify]
+        notes = [Notification(m, as_params(p)) for m, p in notify]
         calls: list[_Call] = []
         with self._lock:
             if self._closed:
@@ -918,7 +909,7 @@ class Remote:
             conn = self._conn
             events: list[Request | Notification] = []
             for method, params in requests:
-                ev = Request(method, _as_params(params), conn.next_id())
+                ev = Request(method, as_params(params), conn.next_id())
                 events.append(ev)
                 calls.append(_Call(method, ev.id))
             events.extend(notes)
@@ -1074,7 +1065,7 @@ class Remote:
         if self._timed:
             self._last_tx = _monotonic()
         if self._log_messages:
-            log.debug("sent to %s: %s", self.remote_address, _short(data))
+            log.debug("sent to %s: %s", self.remote_address, shorten(data))
 
     # ---- internals: life cycle -------------------------------------------------------
 
@@ -1417,7 +1408,7 @@ class Remote:
                     break
                 kind = type(ev)
                 if self._log_messages and kind is not InvalidMessage:
-                    log.debug("received from %s: %s", self.remote_address, _short(repr(ev)))
+                    log.debug("received from %s: %s", self.remote_address, shorten(repr(ev)))
                 if kind is Response:
                     stats.messages_in += 1
                     call = waiters.pop(ev.id, None)  # type: ignore[union-attr]

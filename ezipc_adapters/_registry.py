@@ -217,3 +217,15 @@ def call_handler(handler: Handler, params: Params, remote: object) -> Any:
     """Bind and call; the result may be an awaitable (the async adapter awaits it)."""
     args, kwargs = handler.bind(params, remote)
     return handler.fn(*args, **kwargs)
+
+
+def as_params(params: Any) -> Params:
+    """Params as sent: a tuple becomes a list (JSON has no tuples); the rest as given."""
+    return list(params) if type(params) is tuple else params
+
+
+def shorten(data: bytes | str, limit: int = 200) -> str:
+    """A message for a log line: decoded, cut to ``limit`` characters."""
+    text = data[: limit + 1].decode("utf-8", "replace") if isinstance(data, bytes) else data[: limit + 1]
+    text = text.rstrip("\r\n")
+    return text[:limit] + "..." if len(text) > limit else text
