@@ -1047,6 +1047,8 @@ class Remote:
             if data and not self._aborted:
                 self._abort("write timed out: the peer does not read")
             return
+        if self._log_messages:  # before the write: the peer may answer (or close) at once
+            log.debug("sent to %s: %s", self.remote_address, shorten(data))
         try:
             self._t.send(data)
             stats = self._stats
@@ -1064,8 +1066,6 @@ class Remote:
                 self._answer_written()
         if self._timed:
             self._last_tx = _monotonic()
-        if self._log_messages:
-            log.debug("sent to %s: %s", self.remote_address, shorten(data))
 
     # ---- internals: life cycle -------------------------------------------------------
 
