@@ -91,11 +91,12 @@ def _valid_id(id: object) -> bool:
 class _Batch:
     """The answer owed to one received batch: assembled as the application answers."""
 
-    __slots__ = ("owed", "parts", "errored")
+    __slots__ = ("owed", "parts", "size", "errored")
 
     def __init__(self) -> None:
         self.owed = 0  # answers the application still owes
         self.parts: list[bytes] = []  # encoded answers so far (invalid members' included)
+        self.size = 0  # their bytes
         self.errored: set[Id] = set()  # ids that an invalid member's error in parts names
 
 
@@ -323,7 +324,7 @@ class Connection:
             return self._invalid(None, ErrorCode.INVALID_REQUEST, "Invalid Request: not an object", batch)
         method = obj.get("method")
         if method is None:
-            if "method" not in obj and ("result" in obj or "error" in obj):
+            if "method" not in obj and ("result" in obj or "error" in obj or self._awaits(obj)):
                 return self._receive_answer(obj)
             return self._invalid_request(obj, "no method", batch)
         if type(method) is not str:
@@ -357,7 +358,7 @@ class Connection:
             return self._invalid(
                 None,
                 ErrorCode.INVALID_REQUEST,
-                f"Invalid Request: id {id!r} is already in use by a request in progress",
+                f"Invalid Request: id {_quote(id)} is already in use by a request in progress",
                 batch,
             )
         if "rpc." <= method < "rpc/":  # method.startswith("rpc."), see _RESERVED
@@ -384,6 +385,11 @@ class Connection:
             self._withheld.add(id)
         return Cancel(id)
 
+    def _awaits(self, obj: dict[str, Any]) -> bool:
+        """Does ``obj`` carry the id of a request we await (or gave up on)?"""
+        id = obj.get("id", _MISSING)
+        return _valid_id(id) and (id in self._awaiting or id in self._abandoned)
+
     def _receive_answer(self, obj: dict[str, Any]) -> Event | None:
         id = obj.get("id", _MISSING)
         event: Response | Error
@@ -393,22 +399,20 @@ class Connection:
                 None, ErrorCode.INVALID_REQUEST, "Invalid response: bad or missing id", None, reply=False
             )
         if obj.get("jsonrpc") != "2.0":
-            return self._invalid(
-                id, ErrorCode.INVALID_REQUEST, 'Invalid response: jsonrpc must be "2.0"', None, reply=False
-            )
+            return self._invalid_answer(id, 'jsonrpc must be "2.0"')
         if "error" in obj:
             err = obj["error"]
             if "result" in obj:
-                why = "Invalid response: both result and error"
-                return self._invalid(id, ErrorCode.INVALID_REQUEST, why, None, reply=False)
+                return self._invalid_answer(id, "both result and error")
             if (
                 type(err) is not dict
                 or type(err.get("code")) is not int
                 or type(err.get("message")) is not str
             ):
-                why = "Invalid response: malformed error object"
-                return self._invalid(id, ErrorCode.INVALID_REQUEST, why, None, reply=False)
+                return self._invalid_answer(id, "malformed error object")
             event = _error(id, err["code"], err["message"], err.get("data"))
+        elif "result" not in obj:
+            return self._invalid_answer(id, "neither result nor error")
         else:  # _response(id, obj["result"]), inline
             response: Any = _RawResponse()
             response.id, response.result = id, obj["result"]
@@ -423,8 +427,20 @@ class Connection:
         if id is None and type(event) is Error:
             return event  # the peer could not read something we sent
         return self._invalid(
-            id, ErrorCode.INVALID_REQUEST, f"Response to unknown request id {id!r}", None, reply=False
+            id, ErrorCode.INVALID_REQUEST, f"Response to unknown request id {_quote(id)}", None, reply=False
         )
+
+    def _invalid_answer(self, id: Id, why: str) -> InvalidMessage | None:
+        """An answer with a readable id that is not a valid answer. If it answers a request
+        we await, that request ends here (the peer sends one answer per id)."""
+        message = f"Invalid response: {why}"
+        if self._awaiting.pop(id, _MISSING) is not _MISSING:
+            return InvalidMessage(_error(id, ErrorCode.INVALID_REQUEST, message, None), b"", True)
+        if id in self._abandoned:
+            del self._abandoned[id]
+            self.late_responses += 1
+            return None
+        return self._invalid(id, ErrorCode.INVALID_REQUEST, message, None, reply=False)
 
     def _invalid_request(self, obj: dict[str, Any], why: str, batch: _Batch | None) -> InvalidMessage:
         id = obj.get("id")
@@ -442,6 +458,7 @@ class Connection:
         if batch is None:
             return InvalidMessage(error, self._frame(body))
         batch.parts.append(body)
+        batch.size += len(body)
         if id is not None:
             batch.errored.add(id)
         return InvalidMessage(error)
@@ -461,6 +478,8 @@ class Connection:
             raise LocalProtocolError(f"cannot send {kind.__name__} in state {self.our_state.name}")
         if kind is Request:
             body = self._encode_call(event, ())  # type: ignore[arg-type]
+            if len(body) > self.max_message_size:
+                raise self._too_large("request", len(body))
             self._awaiting[event.id] = None  # type: ignore[union-attr]
             return self._frame(body)
         if kind is Response or kind is Error:
@@ -470,7 +489,17 @@ class Connection:
         if kind is Closed:
             self.our_state = state
             return b""
-        return self._frame(self._encode_call(event, ()))  # type: ignore[arg-type]
+        body = self._encode_call(event, ())  # type: ignore[arg-type]
+        if len(body) > self.max_message_size:
+            raise self._too_large("notification", len(body))
+        return self._frame(body)
+
+    def _too_large(self, what: str, size: int) -> LocalProtocolError:
+        """We never send what the peer's limits (taken to be ours) would refuse."""
+        return LocalProtocolError(
+            f"{what} of {size} bytes exceeds max_message_size ({self.max_message_size})",
+            ErrorCode.MESSAGE_TOO_LARGE,
+        )
 
     def send_batch(self, events: Iterable[Request | Notification]) -> bytes:
         """The bytes of one batch holding these requests and notifications. Its answers
@@ -492,6 +521,9 @@ class Connection:
             parts.append(self._encode_call(event, ids))
             if type(event) is Request:
                 ids.append(event.id)
+        size = sum(map(len, parts)) + len(parts) + 1
+        if size > self.max_message_size:
+            raise self._too_large("batch", size)
         for id in ids:
             self._awaiting[id] = None
         return self._frame(b"[" + b",".join(parts) + b"]")
@@ -533,15 +565,20 @@ class Connection:
             raise LocalProtocolError(
                 f"no request with id {id!r} awaits an answer (never received, or answered already)"
             )
-        body: bytes | None = self._encode_answer(event)
-        batch = self._owed.pop(id)
-        if self._withheld and id in self._withheld:
+        body = self._encode_answer(event)
+        batch = self._owed[id]
+        size = len(body) if batch is None else len(body) + batch.size + len(batch.parts) + 1
+        if size > self.max_message_size:  # (a batch's reply is one message)
+            raise self._too_large("answer", size)
+        del self._owed[id]
+        withheld = bool(self._withheld) and id in self._withheld
+        if withheld:
             self._withheld.discard(id)
-            body = None
         if batch is None:
-            return b"" if body is None else self._frame(body)
-        if body is not None:
+            return b"" if withheld else self._frame(body)
+        if not withheld:
             batch.parts.append(body)
+            batch.size += len(body)
         batch.owed -= 1
         if batch.owed or not batch.parts:
             return b""
@@ -577,6 +614,13 @@ class Connection:
             return self._encode_raw(msg)
         except (ValueError, TypeError, OverflowError) as exc:
             raise _unencodable(exc) from None
+
+
+def _quote(value: object, limit: int = 40) -> str:
+    """``repr(value)``, cut to ``limit`` characters: an error message quotes at most a
+    short prefix of what the peer sent."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _unencodable(exc: Exception) -> LocalProtocolError:

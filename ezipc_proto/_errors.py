@@ -1,10 +1,21 @@
-"""Error codes and the exceptions of the protocol core."""
+"""Error codes, the exceptions of the protocol core, and what a call can end with."""
 
 from __future__ import annotations
 
 import enum
+from typing import Any
 
-__all__ = ["ErrorCode", "ProtocolError", "LocalProtocolError", "RemoteProtocolError"]
+__all__ = [
+    "ErrorCode",
+    "ProtocolError",
+    "LocalProtocolError",
+    "RemoteProtocolError",
+    "RemoteError",
+    "InvalidResponse",
+    "ConnectionClosed",
+    "LimitExceeded",
+    "RequestCancelled",
+]
 
 
 class ErrorCode(enum.IntEnum):
@@ -56,3 +67,48 @@ class RemoteProtocolError(ProtocolError):
 
     def __init__(self, msg: str, error_code: int = ErrorCode.PARSE_ERROR) -> None:
         super().__init__(msg, error_code)
+
+
+# ---- what a call we made ends with (raised to users of a Session and of the adapters) ----
+
+
+class RemoteError(Exception):
+    """An error answer (code, message, data).
+
+    Raised by ``request`` when the peer answers with an error, and raised *by a handler*
+    to answer with exactly this error. Any other exception in a handler is answered with
+    -32603 (Internal error) and no detail; the traceback stays in the local log.
+    """
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(code, message, data)
+        self.code = int(code)
+        self.message = message
+        self.data = data
+
+    def __str__(self) -> str:
+        text = f"[{self.code}] {self.message}"
+        return text if self.data is None else f"{text} (data: {self.data!r})"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.code!r}, {self.message!r}, {self.data!r})"
+
+
+class InvalidResponse(RemoteError):
+    """The peer answered our request with something that is not a valid JSON-RPC answer
+    (both ``result`` and ``error``, a malformed error object, neither of them...). It is
+    the only answer the peer will send for that id, so the call ends with this error;
+    ``message`` says what was wrong, ``code`` is -32600 (Invalid Request)."""
+
+
+class ConnectionClosed(Exception):
+    """The connection ended before the answer arrived (or before the call was sent)."""
+
+
+class LimitExceeded(Exception):
+    """A local limit was reached (``max_pending`` requests awaiting answers, or a message
+    over ``max_message_size``): the call was not sent."""
+
+
+class RequestCancelled(Exception):
+    """The request was cancelled on our side (``Call.cancel()``); the peer was told."""

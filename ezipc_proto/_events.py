@@ -150,10 +150,16 @@ class InvalidMessage:
     nothing is owed (an invalid response, a response to an id nobody asked, or a batch
     member whose error travels later in the batch's reply), or a whole batch reply when
     this member completes it. Writing ``reply`` is all an application has to do.
+
+    ``ends_request`` is True when the message was an answer to one of *our* requests
+    (``error.id``) that is not a valid answer (both ``result`` and ``error``, a malformed
+    error object, neither of them...). The peer sends one answer per id, so that request
+    is no longer awaited: whoever waits for it should be told ``error.message``.
     """
 
     error: Error
     reply: bytes = b""
+    ends_request: bool = False
 
 
 @dataclass(frozen=True, slots=True)
