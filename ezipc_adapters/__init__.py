@@ -8,20 +8,25 @@ The top level is the async adapter (anyio: asyncio, uvloop and trio run the same
 from ezipc_proto import ErrorCode
 
 from ._address import DEFAULT_ADDRESS, Address, parse_address
-from ._async import Call, Client, Remote, Server, connect, connect_subprocess
-from ._errors import ConnectionClosed, LimitExceeded, RemoteError, RequestCancelled
+from ._async import BatchCall, Call, Client, Remote, Sent, Server, connect, connect_subprocess
+from ._errors import ConnectionClosed, InvalidResponse, LimitExceeded, RemoteError, RequestCancelled
 from ._options import Options, Stats
 from ._peer import PeerCredentials
+from ._serving import ConnectError
 
 __all__ = [
     "Server",
     "Client",
     "Remote",
     "Call",
+    "Sent",
+    "BatchCall",
     "connect",
     "connect_subprocess",
     "RemoteError",
+    "InvalidResponse",
     "ConnectionClosed",
+    "ConnectError",
     "LimitExceeded",
     "RequestCancelled",
     "ErrorCode",

@@ -7,7 +7,7 @@ import ssl as _ssl
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ezipc_proto import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_MESSAGE_SIZE, Codec, Connection
+from ezipc_proto import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_MESSAGE_SIZE, Codec, Session, Stats
 
 __all__ = ["Options", "Stats"]
 
@@ -18,8 +18,10 @@ class Options:
 
     Limits (see docs/limits.md for the error each one produces):
     ``max_message_size`` bytes per message; ``max_batch_size`` members per batch;
-    ``max_concurrency`` handlers running at once per connection (more requests wait,
-    and reading stops while the waiting line is full: backpressure, nothing is dropped);
+    ``max_concurrency`` request handlers running at once per connection (more wait);
+    ``max_queued`` requests and notifications waiting to start per connection (one more
+    request is answered ``SERVER_BUSY`` at once, one more notification is dropped and
+    logged; reading never waits on them, so answers to our calls always get through);
     ``max_pending`` of our requests awaiting answers per connection (one more raises
     ``LimitExceeded``); ``max_connections`` per server (one more is answered with
     ``SERVER_BUSY`` and closed); ``idle_timeout`` seconds without traffic or work before
@@ -35,6 +37,7 @@ class Options:
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     max_concurrency: int = 64
+    max_queued: int = 1024
     max_pending: int = 1024
     max_connections: int = 1024
     max_workers: int = 32  #: blocking adapter: worker threads per server (or client)
@@ -58,6 +61,7 @@ class Options:
             "max_message_size",
             "max_batch_size",
             "max_concurrency",
+            "max_queued",
             "max_pending",
             "max_connections",
             "max_workers",
@@ -83,29 +87,26 @@ class Options:
     def replace(self, **changes: Any) -> Options:
         return dataclasses.replace(self, **changes) if changes else self
 
-    def connection(self, framing: str | None = None) -> Connection:
-        """A protocol core configured with these options."""
-        return Connection(
+    def session(self, *, now: float, name: str, server: bool, framing: str | None = None) -> Session:
+        """A session (the protocol core and the connection's policy) with these options;
+        a server's asks its peer for ``auth_token`` (a client's presents it instead)."""
+        return Session(
             framing or self.framing,  # type: ignore[arg-type]
+            now=now,
+            name=name,
             max_message_size=self.max_message_size,
             max_batch_size=self.max_batch_size,
             codec=self.codec,
             cancellation=self.cancellation,
+            max_concurrency=self.max_concurrency,
+            max_queued=self.max_queued,
+            max_pending=self.max_pending,
+            write_buffer_size=self.write_buffer_size,
+            request_timeout=self.request_timeout,
+            idle_timeout=self.idle_timeout,
+            message_timeout=self.message_timeout,
+            shutdown_timeout=self.shutdown_timeout,
+            auth_token=self.auth_token if server else None,
+            debug=self.debug,
+            log_messages=self.log_messages,
         )
-
-
-@dataclass
-class Stats:
-    """Per-connection counters, on every ``Remote`` as ``remote.stats``."""
-
-    messages_in: int = 0
-    messages_out: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    errors: int = 0  #: malformed input received, and error answers sent
-    late_responses: int = 0  #: answers to requests we had given up on, dropped
-    requests_pending: int = 0  #: our requests awaiting an answer
-    handlers_running: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)

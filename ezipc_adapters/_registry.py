@@ -8,11 +8,9 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
-from ezipc_proto import Error, ErrorCode, Id, Params
+from ezipc_proto import ErrorCode, Params, RemoteError
 
-from ._errors import RemoteError
-
-__all__ = ["Handler", "Hooks", "InvalidParams", "error_answer", "log"]
+__all__ = ["Handler", "Hooks", "InvalidParams", "call_handler", "not_found", "log"]
 
 log = logging.getLogger("ezipc")
 
@@ -23,8 +21,16 @@ _KW = inspect.Parameter.KEYWORD_ONLY
 _EMPTY = inspect.Parameter.empty
 
 
-class InvalidParams(Exception):
-    """The params do not fit the handler's signature (answered with -32602)."""
+class InvalidParams(RemoteError):
+    """The params do not fit the handler's signature: answered -32602 ``Invalid params:
+    <why>``; ``str()`` is the why alone."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(ErrorCode.INVALID_PARAMS, f"Invalid params: {why}")
+        self.why = why
+
+    def __str__(self) -> str:
+        return self.why
 
 
 class Handler:
@@ -32,12 +38,25 @@ class Handler:
 
     Binding: a list binds by position, a dict by name, absent params bind nothing; a
     parameter named ``remote`` is not bound from params but receives the calling
-    ``Remote``. The common signature (plain positional-or-keyword parameters) is bound by
-    a fast path; anything else (``*args``, ``**kwargs``, keyword-only, positional-only)
-    goes through ``inspect.Signature.bind``.
+    ``Remote``, and one named ``cancelled`` receives the request's cancellation token (an
+    event set when the peer cancels it or the connection ends). The common signature
+    (plain positional-or-keyword parameters) is bound by a fast path; anything else
+    (``*args``, ``**kwargs``, keyword-only, positional-only) goes through
+    ``inspect.Signature.bind``.
     """
 
-    __slots__ = ("fn", "name", "is_async", "wants_remote", "_names", "_required", "_simple", "_sig", "_full")
+    __slots__ = (
+        "fn",
+        "name",
+        "is_async",
+        "wants_remote",
+        "wants_cancelled",
+        "_names",
+        "_required",
+        "_simple",
+        "_sig",
+        "_full",
+    )
 
     def __init__(self, name: str, fn: Callable[..., Any]) -> None:
         if not callable(fn):
@@ -58,7 +77,12 @@ class Handler:
             )
         remote = sig.parameters.get("remote")
         self.wants_remote = remote is not None and remote.kind in (_POK, _KW)
-        params = [p for p in sig.parameters.values() if not (self.wants_remote and p.name == "remote")]
+        cancelled = sig.parameters.get("cancelled")
+        self.wants_cancelled = cancelled is not None and cancelled.kind in (_POK, _KW)
+        given = {"remote"} if self.wants_remote else set()
+        if self.wants_cancelled:
+            given.add("cancelled")
+        params = [p for p in sig.parameters.values() if p.name not in given]
         self._full = sig
         self._sig = sig.replace(parameters=params)
         self._simple = all(p.kind is _POK for p in params)
@@ -68,8 +92,15 @@ class Handler:
     def __repr__(self) -> str:
         return f"<Handler {self.name!r} -> {getattr(self.fn, '__qualname__', self.fn)!r}>"
 
-    def bind(self, params: Params, remote: object) -> tuple[tuple[Any, ...] | list[Any], dict[str, Any]]:
+    def bind(
+        self, params: Params, remote: object, cancelled: object = None
+    ) -> tuple[tuple[Any, ...] | list[Any], dict[str, Any]]:
         """``(args, kwargs)`` to call the handler with; raises :class:`InvalidParams`."""
+        given: dict[str, Any] = {}
+        if self.wants_remote:
+            given["remote"] = remote
+        if self.wants_cancelled:
+            given["cancelled"] = cancelled
         kwargs: dict[str, Any]
         if self._simple:
             names = self._names
@@ -83,7 +114,7 @@ class Handler:
                     raise InvalidParams(f"expected {self._arity()} positional params, got {len(params)}")
                 # Only the first len(params) names are bound; defaults fill the rest,
                 # so a missing required one is caught above by the count.
-                if self.wants_remote:
+                if given:
                     args, kwargs = (), dict(zip(names, params, strict=False))
                 else:
                     args, kwargs = params, {}
@@ -105,17 +136,17 @@ class Handler:
                     bound = self._sig.bind(**params)
             except TypeError as exc:
                 raise InvalidParams(str(exc)) from None
-            if self.wants_remote:
-                # Re-bind against the whole signature, so `remote` takes its own place
-                # wherever it stands among positional parameters and **kwargs.
-                arguments = {**bound.arguments, "remote": remote}
+            if given:
+                # Re-bind against the whole signature, so `remote` and `cancelled` take
+                # their own places wherever they stand among positional parameters and **kwargs.
+                arguments = {**bound.arguments, **given}
                 full = inspect.BoundArguments(
                     self._full, {n: arguments[n] for n in self._full.parameters if n in arguments}
                 )
                 return full.args, full.kwargs
             args, kwargs = bound.args, bound.kwargs
-        if self.wants_remote:
-            kwargs = {**kwargs, "remote": remote}
+        if given:
+            kwargs = {**kwargs, **given}
         return args, kwargs
 
     def _arity(self) -> str:
@@ -188,44 +219,13 @@ class Hooks:
         return register if fn is None else register(fn)
 
 
-def error_answer(id: Id, exc: BaseException, *, method: str, debug: bool) -> Error:
-    """The answer for a handler that raised ``exc`` (logged here when unexpected)."""
-    if isinstance(exc, RemoteError):
-        return Error(id, exc.code, exc.message, exc.data)
-    if isinstance(exc, InvalidParams):
-        return Error(id, ErrorCode.INVALID_PARAMS, f"Invalid params: {exc}")
-    log.error("handler for %r raised", method, exc_info=exc)
-    return Error(id, ErrorCode.INTERNAL_ERROR, "Internal error", repr(exc) if debug else None)
+def not_found(method: str) -> RemoteError:
+    """What a request for a method nobody registered is answered with."""
+    shown = method if len(method) <= 60 else method[:57] + "..."  # (the peer's text: a short prefix)
+    return RemoteError(ErrorCode.METHOD_NOT_FOUND, f"Method not found: {shown}")
 
 
-def unencodable_answer(id: Id, exc: BaseException, *, method: str, debug: bool) -> Error:
-    """The answer for a handler whose result cannot be encoded as JSON (logged here)."""
-    log.error("result of %r cannot be sent as JSON: %s", method, exc)
-    return Error(
-        id,
-        ErrorCode.INTERNAL_ERROR,
-        "Internal error: the result cannot be encoded as JSON",
-        str(exc) if debug else None,
-    )
-
-
-def not_found(id: Id, method: str) -> Error:
-    return Error(id, ErrorCode.METHOD_NOT_FOUND, f"Method not found: {method}")
-
-
-def call_handler(handler: Handler, params: Params, remote: object) -> Any:
+def call_handler(handler: Handler, params: Params, remote: object, cancelled: object = None) -> Any:
     """Bind and call; the result may be an awaitable (the async adapter awaits it)."""
-    args, kwargs = handler.bind(params, remote)
+    args, kwargs = handler.bind(params, remote, cancelled)
     return handler.fn(*args, **kwargs)
-
-
-def as_params(params: Any) -> Params:
-    """Params as sent: a tuple becomes a list (JSON has no tuples); the rest as given."""
-    return list(params) if type(params) is tuple else params
-
-
-def shorten(data: bytes | str, limit: int = 200) -> str:
-    """A message for a log line: decoded, cut to ``limit`` characters."""
-    text = data[: limit + 1].decode("utf-8", "replace") if isinstance(data, bytes) else data[: limit + 1]
-    text = text.rstrip("\r\n")
-    return text[:limit] + "..." if len(text) > limit else text

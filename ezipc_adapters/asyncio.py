@@ -7,18 +7,23 @@ Inside your own ``asyncio.run(...)`` use ``await server.serve(...)`` and ``conne
 from __future__ import annotations
 
 from . import _async
-from ._async import Call, Client, Remote, connect, connect_subprocess
-from ._errors import ConnectionClosed, LimitExceeded, RemoteError, RequestCancelled
+from ._async import BatchCall, Call, Client, Remote, Sent, connect, connect_subprocess
+from ._errors import ConnectionClosed, InvalidResponse, LimitExceeded, RemoteError, RequestCancelled
+from ._serving import ConnectError
 
 __all__ = [
     "Server",
     "Client",
     "Remote",
     "Call",
+    "Sent",
+    "BatchCall",
     "connect",
     "connect_subprocess",
     "RemoteError",
+    "InvalidResponse",
     "ConnectionClosed",
+    "ConnectError",
     "LimitExceeded",
     "RequestCancelled",
 ]

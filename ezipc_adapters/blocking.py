@@ -37,9 +37,10 @@ from ezipc_proto import ErrorCode
 
 from ._address import DEFAULT_ADDRESS, Address, parse_address
 from ._blocking import Client, Remote, Server, connect, connect_subprocess
-from ._errors import ConnectionClosed, LimitExceeded, RemoteError, RequestCancelled
+from ._errors import ConnectionClosed, InvalidResponse, LimitExceeded, RemoteError, RequestCancelled
 from ._options import Options, Stats
 from ._peer import PeerCredentials
+from ._serving import ConnectError
 
 __all__ = [
     "Server",
@@ -48,7 +49,9 @@ __all__ = [
     "connect",
     "connect_subprocess",
     "RemoteError",
+    "InvalidResponse",
     "ConnectionClosed",
+    "ConnectError",
     "LimitExceeded",
     "RequestCancelled",
     "ErrorCode",

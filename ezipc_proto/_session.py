@@ -273,6 +273,7 @@ class Stats:
     late_responses: int = 0  #: answers to requests we had given up on, dropped
     requests_pending: int = 0  #: our requests awaiting an answer
     handlers_running: int = 0  #: request handlers running (interrupted ones included)
+    calls_queued: int = 0  #: requests and notifications received, waiting to start
     requests_refused: int = 0  #: requests answered SERVER_BUSY (over ``max_queued``)
     notifications_dropped: int = 0  #: notifications dropped (over ``max_queued``)
     late_results: int = 0  #: handler outcomes dropped: the request was answered already
@@ -412,6 +413,7 @@ class Session:
         stats = self._stats
         stats.requests_pending = len(self._calls)
         stats.handlers_running = len(self._active)
+        stats.calls_queued = len(self._line)
         stats.late_responses = self._conn.late_responses
         return stats
 
@@ -510,14 +512,14 @@ class Session:
             and self.message_timeout is not None
             and now >= self._message_since + self.message_timeout
         ):
-            log.warning("%s: closing half-received message (timeout)", self.name)
+            log.warning("%s: closing %s (timeout)", self.name, "half-received message")
             self.close("half-received message timed out", now)
             return
         if self.idle_timeout is not None and now >= self._last_activity + self.idle_timeout:
             if self.busy:
                 self._last_activity = now  # working, not idle
             else:
-                log.warning("%s: closing idle connection (timeout)", self.name)
+                log.warning("%s: closing %s (timeout)", self.name, "idle connection")
                 self.close("idle connection timed out", now)
                 return
         if self._drain_deadline is not None and now >= self._drain_deadline:
@@ -531,10 +533,14 @@ class Session:
         events = self._events
         if events:
             return events.popleft()
-        if not self._reading:
-            return NEED_DATA
         if self._out_size > self.write_buffer_size:
             return PAUSED
+        if self._line:  # (held back while our output was over its bound)
+            self._pump()
+            if events:
+                return events.popleft()
+        if not self._reading:
+            return NEED_DATA
         conn, stats = self._conn, self._stats
         while True:
             try:
@@ -1011,8 +1017,8 @@ class Session:
         """Hand the driver what may start now, in arrival order: a request when a slot
         is free and the notifications before it have started; a notification when the
         one before it has ended."""
-        if not self._started or self.phase not in _CAN_RUN:
-            return
+        if not self._started or self.phase not in _CAN_RUN or self._out_size > self.write_buffer_size:
+            return  # (nothing starts while our output is over its bound: next_event resumes)
         line, active, events = self._line, self._active, self._events
         while line:
             job = line[0]

@@ -119,8 +119,6 @@ def test_submit_returns_futures_and_runs_callbacks_in_workers() -> None:
     server.hook_request("fail", lambda: (_ for _ in ()).throw(RemoteError(7, "seven", {"x": 1})))
     done: list[tuple[str, Any]] = []
     all_done = threading.Event()
-    reader: list[int] = []
-
     def callback(future: Future[Any]) -> None:
         # A callback may call the peer: it runs in a worker, never on the reader thread.
         done.append((threading.current_thread().name, future.exception() or future.result()))
@@ -128,7 +126,6 @@ def test_submit_returns_futures_and_runs_callbacks_in_workers() -> None:
             all_done.set()
 
     with serving(server) as (address,), connect(address) as remote:
-        reader.append(remote._reader_ident)
         ok = remote.submit("add", [1, 2], callback=callback)
         bad = remote.submit("fail", callback=callback)
         assert ok.result(timeout=5) == 3
@@ -218,17 +215,17 @@ def test_async_handlers_run_to_completion_in_a_worker() -> None:
 
 def test_a_call_from_the_peer_read_by_a_caller_before_the_reading_thread_runs(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The caller of request() may read (and queue) the server's call before the
-    connection's reading thread has even started: it must still be served."""
+    """The server's call may arrive before the I/O thread has begun to serve the
+    connection: it must still be served."""
     import ezipc_adapters._blocking as impl
 
-    original = impl.Remote._run
+    original = impl.Remote._begin
 
-    def late_run(self: Remote) -> None:
+    def late_begin(self: Remote) -> None:
         time.sleep(0.3)
         original(self)
 
-    monkeypatch.setattr(impl.Remote, "_run", late_run)
+    monkeypatch.setattr(impl.Remote, "_begin", late_begin)
     server = Server()
     client = Client()
     client.hook_request("client/ping", lambda: "pong")

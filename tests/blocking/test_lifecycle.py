@@ -137,7 +137,7 @@ def test_requests_arriving_during_shutdown_are_answered_shutting_down() -> None:
             assert started.wait(5)
             stopper = threading.Thread(target=server.shutdown)
             stopper.start()
-            wait_for(lambda: any(r._shutting_down for r in server.remotes))
+            wait_for(lambda: any(r._session.phase.name == "DRAINING" for r in server.remotes))
             peer.send({"jsonrpc": "2.0", "method": "hold", "id": 2})
             assert peer.receive()["error"]["code"] == -32031
             release.set()

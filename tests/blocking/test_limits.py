@@ -128,7 +128,7 @@ def test_max_concurrency_applies_backpressure_and_drops_nothing() -> None:
         futures = [remote.submit("work", [i]) for i in range(40)]
         assert [f.result(timeout=10) for f in futures] == list(range(40))
         (served,) = server.remotes
-        assert len(served._line) == 0
+        assert served.stats.calls_queued == 0
     assert peak == 2
 
 
@@ -141,7 +141,7 @@ def test_a_peer_that_never_reads_cannot_wedge_the_server() -> None:
         hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         for i in range(20):  # 20 MB of answers it will never read
             hog.sendall(json.dumps({"jsonrpc": "2.0", "method": "big", "id": i}).encode() + b"\n")
-        wait_for(lambda: any(r._running for r in server.remotes))
+        wait_for(lambda: any(r.stats.handlers_running for r in server.remotes))
         (stuck,) = server.remotes
         with connect(address) as other:  # everyone else is served meanwhile
             assert other.request("ping", timeout=5) == "pong"
@@ -158,7 +158,7 @@ def test_shutdown_completes_with_a_peer_that_never_reads() -> None:
     try:
         for i in range(20):
             hog.sendall(json.dumps({"jsonrpc": "2.0", "method": "big", "id": i}).encode() + b"\n")
-        wait_for(lambda: any(r._running for r in server.remotes))
+        wait_for(lambda: any(r.stats.handlers_running for r in server.remotes))
         t0 = time.monotonic()
         server.shutdown(timeout=15)
         assert server._stopped.is_set()
@@ -228,7 +228,7 @@ def test_shutdown_completes_with_a_stuck_writer_and_a_running_handler() -> None:
         hog.sendall(b'{"jsonrpc": "2.0", "method": "hold", "id": "h"}\n')
         for i in range(20):
             hog.sendall(json.dumps({"jsonrpc": "2.0", "method": "big", "id": i}).encode() + b"\n")
-        wait_for(lambda: any(r._answers_made - r._answers_written > 2 for r in server.remotes))
+        wait_for(lambda: any(r._stream.backlog() > 100_000 for r in server.remotes))  # answers wait
         t0 = time.monotonic()
         server.shutdown(timeout=15)  # "hold" is still running; its answer cannot be written
         assert server._stopped.is_set()

@@ -16,7 +16,15 @@ from typing import Any
 import pytest
 import trustme
 
-from ezipc_adapters.blocking import Client, ConnectionClosed, Remote, Server, connect, connect_subprocess
+from ezipc_adapters.blocking import (
+    Client,
+    ConnectError,
+    ConnectionClosed,
+    Remote,
+    Server,
+    connect,
+    connect_subprocess,
+)
 
 from .conftest import raw_connect, serving
 
@@ -124,8 +132,9 @@ def test_tls(ca: trustme.CA) -> None:
         with raw_connect(address) as plain:  # no TLS: the handshake fails, the server lives on
             plain.send({"jsonrpc": "2.0", "method": "echo", "params": [1], "id": 1})
             plain.receive_eof()
-        with pytest.raises(ssl.SSLError):  # a client that does not trust the server's CA
+        with pytest.raises(ConnectError) as info:  # a client that does not trust the server's CA
             connect(address, ssl=ssl.create_default_context(), server_hostname="localhost", timeout=5)
+        assert isinstance(info.value.__cause__, ssl.SSLError) and address in str(info.value)
         with connect(address, ssl=client_ctx, server_hostname="localhost") as remote:
             assert remote.request("echo", [2]) == 2
 

@@ -149,7 +149,7 @@ def cl_frame(body: bytes) -> bytes:
 
 def buffered(remote: Remote) -> int:
     """Bytes the connection's framer holds (received, not yet handed out)."""
-    framer: Any = remote._conn._framer
+    framer: Any = remote._session.connection._framer
     total = len(getattr(framer, "_pending", b""))
     framer = getattr(framer, "detected", framer)
     if framer is not None:

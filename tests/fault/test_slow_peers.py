@@ -144,16 +144,17 @@ async def test_a_peer_that_never_reads_is_held_back(method: str) -> None:
 
     @app.server.hook_connect
     def watch_queue(remote: Remote) -> None:
-        # Record the queue's size after every write (the reader empties it into one send
-        # before it awaits, so a sampler would not see it at its largest).
-        write = remote._write
+        # Record what the session holds for the peer each time the writer takes it: it
+        # only grows until then, so this is its largest (a sampler would miss it).
+        session = remote._session
+        take = session.data_to_send
 
-        def recording_write(data: bytes) -> None:
-            write(data)
+        def recording_take() -> bytes:
             where = remote.remote_address
-            queued[where] = max(queued.get(where, 0), remote._out_size)
+            queued[where] = max(queued.get(where, 0), session.output_size)
+            return take()
 
-        remote._write = recording_write  # type: ignore[method-assign]
+        session.data_to_send = recording_take  # type: ignore[method-assign]
 
     async def round(seconds: float) -> dict[str, Any]:
         queued.clear()

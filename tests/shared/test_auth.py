@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from ezipc_adapters import RemoteError, _async, _blocking
+from ezipc_adapters import RemoteError
+from ezipc_proto import _session
 
 from .conftest import connecting, message, new_server, raw_connect, serving, wait_for
 
@@ -98,8 +99,7 @@ def test_broadcasts_skip_unauthenticated_peers(server_kind: str) -> None:
 
 
 def test_a_peer_that_never_authenticates_is_closed(server_kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_async, "AUTH_TIMEOUT", 0.3)
-    monkeypatch.setattr(_blocking, "AUTH_TIMEOUT", 0.3)
+    monkeypatch.setattr(_session, "AUTH_TIMEOUT", 0.3)  # (the session keeps the time)
     server, trail = auth_server(server_kind)
     with serving(server_kind, server) as served, raw_connect(served.address) as peer:
         assert peer.receive_eof(timeout=5) == b""

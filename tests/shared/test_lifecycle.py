@@ -108,7 +108,7 @@ def test_graceful_shutdown(server_kind: str) -> None:
             stopping = threading.Thread(target=served.shutdown)
             began = time.monotonic()
             stopping.start()
-            wait_for(lambda: served.run(lambda: remote._shutting_down))
+            wait_for(lambda: served.run(lambda: remote._session.phase.name == "DRAINING"))
             peer.send(message("ping", id=3))  # arrives while shutting down
             answers = {a["id"]: a for a in (peer.receive(), peer.receive(), peer.receive())}
             assert answers[1] == {"jsonrpc": "2.0", "id": 1, "result": "done"}  # finished in time

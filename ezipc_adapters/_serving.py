@@ -1,0 +1,192 @@
+"""What the two drivers share beyond the session: a server's set of peers, admitting a
+new connection (or refusing it), broadcasting, errors that name their address, and
+telling where a server listens."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any, Generic, Protocol, TypeVar
+
+from ezipc_proto import Connection, ConnectionClosed, Error, ErrorCode, LimitExceeded
+
+from ._options import Options
+from ._peer import PeerCredentials
+from ._registry import Hooks, log
+
+_ANNOUNCE = {"announce": True}
+
+__all__ = ["ServerBase", "ConnectError", "ConnectTimeout", "bind_error", "announcing"]
+
+
+class _Peer(Protocol):
+    """What a server needs of its drivers' ``Remote``."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def admitted(self) -> bool: ...
+
+    def notify(self, method: str, params: Any = None) -> Any: ...
+
+    def _call_soon(self, method: str, params: Any, timeout: float | None) -> Any: ...
+
+
+R = TypeVar("R", bound=_Peer)
+
+
+class ConnectError(ConnectionError):
+    """A connection could not be made (refused, no such socket, no route, a timeout, a
+    failed TLS handshake...). ``address`` is where to; the original error is chained as
+    ``__cause__`` and its ``errno`` kept. The same from every driver."""
+
+    def __init__(self, address: str, why: str, errno: int | None = None) -> None:
+        super().__init__(f"cannot connect to {address}: {why}")
+        self.address = address
+        self.errno = errno
+
+    @classmethod
+    def from_error(cls, address: str, exc: BaseException) -> ConnectError:
+        """The error to raise ``from exc``, with its text and errno."""
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        kind = ConnectTimeout if isinstance(exc, TimeoutError) else cls
+        return kind(address, why, exc.errno if isinstance(exc, OSError) else None)
+
+
+class ConnectTimeout(ConnectError, TimeoutError):
+    """A connection (and its TLS handshake) did not complete within the timeout given."""
+
+
+def bind_error(address: str, exc: OSError) -> OSError:
+    """The error to raise ``from exc`` (binding a listening socket), naming the address."""
+    return OSError(exc.errno, f"cannot listen on {address}: {exc.strerror or exc}")
+
+
+class ServerBase(Hooks, Generic[R]):
+    """The part of a ``Server`` that both drivers share: its options, its peers, who may
+    connect, and calls to every peer at once."""
+
+    def __init__(self, framing: str = "auto", **options: Any) -> None:
+        super().__init__()
+        self.options = Options.build({"framing": framing}, options)
+        self._remotes: set[R] = set()
+        self._remotes_lock = threading.Lock()  # (the blocking driver's threads share it)
+        #: The addresses being served (with the real port for port 0), once listening.
+        self.addresses: list[str] = []
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {' '.join(self.addresses) or 'not serving'}>"
+
+    @property
+    def remotes(self) -> frozenset[R]:
+        """The connected peers."""
+        with self._remotes_lock:
+            return frozenset(self._remotes)
+
+    # What start() shows on stderr when the application has not set up logging (the
+    # life of the server, not each connection): lines marked "announce".
+
+    def _log_listening(self) -> None:
+        for address in self.addresses:
+            log.info("serving on %s", address, extra=_ANNOUNCE)
+
+    def _log_shutdown(self, connections: int) -> None:
+        if connections:
+            grace = self.options.shutdown_timeout
+            log.info(
+                "shutting down: %d connection(s), up to %.1fs for work in flight",
+                connections,
+                grace,
+                extra=_ANNOUNCE,
+            )
+
+    @staticmethod
+    def _log_signal(signum: int) -> None:
+        log.info("received %s: shutting down", signal.Signals(signum).name, extra=_ANNOUNCE)
+
+    @staticmethod
+    def _log_stopped() -> None:
+        log.info("server stopped", extra=_ANNOUNCE)
+
+    def _refusal(self, credentials: PeerCredentials | None, where: str, connections: int) -> bytes | None:
+        """Before serving a new connection (``connections`` are served already): None to
+        serve it; ``b""`` to close it unread (a peer that ``allowed_uids`` leaves out
+        learns nothing, not even that the server is busy); else the bytes to write
+        before closing it (``max_connections`` reached)."""
+        options = self.options
+        if options.allowed_uids is not None and (
+            credentials is None or credentials.uid not in options.allowed_uids
+        ):
+            log.warning("refusing %s: peer credentials %s not allowed", where, credentials)
+            return b""
+        if connections >= options.max_connections:
+            log.warning("refusing %s: max_connections (%d) reached", where, options.max_connections)
+            framing = "ndjson" if options.framing == "auto" else options.framing
+            return Connection(framing).send(Error(None, ErrorCode.SERVER_BUSY, "Too many connections"))
+        return None
+
+    def _add(self, remote: R, peer: str) -> None:
+        with self._remotes_lock:
+            self._remotes.add(remote)
+        log.info("connection from %s", peer)
+
+    def _remove(self, remote: R, peer: str, reason: str) -> None:
+        with self._remotes_lock:
+            if remote not in self._remotes:
+                return
+            self._remotes.discard(remote)
+        log.info("connection from %s closed (%s)", peer, reason)
+
+    def _audience(self, exclude: R | Iterable[R] | None) -> list[R]:
+        """Connected and admitted peers, minus ``exclude`` (one peer, or several)."""
+        skip: set[Any] = set(exclude) if isinstance(exclude, Iterable) else {exclude}
+        return [r for r in self.remotes if r.admitted and not r.closed and r not in skip]
+
+    def _notify_all(self, method: str, params: Any, exclude: R | Iterable[R] | None) -> list[Any]:
+        """Send a notification to every peer now; what each ``notify`` returned."""
+        sent = []
+        for remote in self._audience(exclude):
+            try:
+                sent.append(remote.notify(method, params))
+            except ConnectionClosed:
+                pass
+        return sent
+
+    def _request_all(
+        self, method: str, params: Any, timeout: float | None, exclude: R | Iterable[R] | None
+    ) -> dict[R, Any]:
+        """Send a request to every peer now: each peer's call, or the exception that
+        stopped it from being sent."""
+        calls: dict[R, Any] = {}
+        for remote in self._audience(exclude):
+            try:
+                calls[remote] = remote._call_soon(method, params, timeout)
+            except (ConnectionClosed, LimitExceeded) as exc:
+                calls[remote] = exc
+        return calls
+
+
+@contextlib.contextmanager
+def announcing() -> Iterator[None]:
+    """For ``Server.start()``: unless the application has set up logging, show on stderr
+    where the server listens, its shutdown and its warnings, as uvicorn does."""
+    if log.handlers or logging.getLogger().handlers:
+        yield
+        return
+    ours = logging.StreamHandler(sys.stderr)
+    ours.setFormatter(logging.Formatter("%(asctime)s ezipc: %(message)s", "%H:%M:%S"))
+    ours.addFilter(lambda record: getattr(record, "announce", False) or record.levelno >= logging.WARNING)
+    previous = log.level
+    log.addHandler(ours)
+    if previous == logging.NOTSET or previous > logging.INFO:
+        log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(ours)
+        log.setLevel(previous)
