@@ -8,7 +8,9 @@
 Exit status of ``call``: 0 an answer, 1 an error reply, 2 a usage error, 3 a timeout,
 4 a connection failure (refused, closed before the answer, a child that could not start),
 130 interrupted. ``serve`` exits 0 after a graceful shutdown (SIGINT or SIGTERM), 2 for a
-bad TARGET or option, 4 when it cannot listen.
+bad TARGET or option, 4 when it cannot listen. ``demo`` exits 0 when every step went as
+expected, 1 when one did not, 2 for a bad option or when trio is missing for
+``--backend trio``.
 
 One module per command (``serve``, ``call``, ``demo``), each with ``add_parser(sub)`` and
 ``run(args) -> int``; ``common`` holds what they share.
@@ -23,7 +25,7 @@ from typing import Protocol
 
 from . import call, demo, serve
 from .call import parse_params
-from .common import EXIT_INTERRUPTED, EXIT_USAGE, UsageError
+from .common import EXIT_INTERRUPTED, EXIT_USAGE, SetupError, UsageError
 from .serve import load_target
 
 __all__ = ["main", "parse_params", "load_target"]
@@ -65,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command].run(args)
     except UsageError as exc:
         commands[args.command].print_usage(sys.stderr)
+        print(f"ezipc {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except SetupError as exc:
         print(f"ezipc {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -1,5 +1,5 @@
-"""What the ``ezipc`` commands share: exit statuses, the usage error, and logging to
-stderr one line per record."""
+"""What the ``ezipc`` commands share: exit statuses, the usage and setup errors, and
+logging to stderr one line per record."""
 
 from __future__ import annotations
 
@@ -22,6 +22,10 @@ log = logging.getLogger("ezipc")
 
 class UsageError(Exception):
     """A bad command line (exit status 2)."""
+
+
+class SetupError(Exception):
+    """Something to install first (exit status 2, in one line: no usage, no traceback)."""
 
 
 def one_line(exc: BaseException) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import anyio.abc
 from .._address import parse_address
 from .._async import Client, Remote, Server
 from .._errors import RemoteError
-from .common import logging_to, one_line
+from .common import SetupError, logging_to, one_line
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -41,10 +42,22 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
 
 
 def run(args: argparse.Namespace) -> int:
+    _require_backend(args.backend)
     color = args.color if args.color is not None else (sys.stdout.isatty() and "NO_COLOR" not in os.environ)
     demo = _Demo(wire=args.wire, color=color, backend=args.backend)
     with logging_to(_DemoLogHandler(demo), logging.WARNING):
         return anyio.run(demo.run, backend=args.backend)
+
+
+def _require_backend(backend: str) -> None:
+    """Say in one line what to install, rather than let anyio fail with a traceback."""
+    if backend != "trio":
+        return
+    try:
+        importlib.import_module("trio")
+    except ImportError as exc:
+        why = "is not installed" if exc.name == "trio" else f"cannot be imported ({exc})"
+        raise SetupError(f"--backend trio needs trio, which {why}: pip install 'ezipc[trio]'") from None
 
 
 class _DemoLogHandler(logging.Handler):
