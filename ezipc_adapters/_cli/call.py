@@ -38,6 +38,13 @@ from .common import (
 
 DEFAULT_TIMEOUT = 30.0
 
+# After a batch that got no answer: servers that do not support batches ignore one (pylsp,
+# vscode-jsonrpc, the MCP SDKs) or close the connection, and the fix is --sequential.
+BATCH_HINT = (
+    "hint: if the server does not support JSON-RPC batches (most language servers and MCP "
+    "servers do not), add --sequential to send the calls one at a time"
+)
+
 _EPILOG = """\
 PARAMS, one of:
   a JSON array or object, as one argument     '[42, 23]'   '{"minuend": 42, "subtrahend": 23}'
@@ -57,7 +64,9 @@ array with one item per request, in order: {"method": M, "result": R} or {"metho
 "error": {"code": C, "message": S, "data": D}}; the exit status is 1 if any is an error.
 With --sequential they are sent one at a time instead, in the file's order, each request
 waiting for its answer: a session in one command, for servers that want one (an MCP server
-wants initialize, then the notification notifications/initialized, before tools/list).
+wants initialize, then the notification notifications/initialized, before tools/list), and
+for servers that do not support batches (most language servers and MCP servers): they never
+answer one, or close the connection.
 
 The result is printed as JSON on stdout (indented on a terminal, compact when piped); an
 error reply is printed as JSON on stderr. Requests the server sends meanwhile (language
@@ -349,8 +358,20 @@ class _CallJob:
     def peer(self) -> str:
         return self.address if self.address is not None else f"'{shlex.join(self.argv)}'"
 
+    @property
+    def one_batch(self) -> bool:
+        """Whether the calls go out as one JSON-RPC batch."""
+        return self.batch is not None and not self.sequential
+
     def _fail(self, message: str, status: int) -> int:
         print(f"ezipc: {message}", file=sys.stderr, flush=True)
+        return status
+
+    def _no_answer(self, message: str, status: int) -> int:
+        """``_fail``, with the way out for a server that does not answer batches."""
+        self._fail(message, status)
+        if self.one_batch:
+            print(f"ezipc: {BATCH_HINT}", file=sys.stderr, flush=True)
         return status
 
     async def run(self) -> int:
@@ -401,10 +422,12 @@ class _CallJob:
             _print_json(_error_object(exc), sys.stderr.isatty(), sys.stderr)
             return EXIT_ERROR_REPLY
         except TimeoutError:
-            what = "the batch" if self.batch is not None and not self.sequential else repr(self.method)
-            return self._fail(f"no answer to {what} from {self.peer} within {self.timeout:g}s", EXIT_TIMEOUT)
+            what = "the batch" if self.one_batch else repr(self.method)
+            return self._no_answer(
+                f"no answer to {what} from {self.peer} within {self.timeout:g}s", EXIT_TIMEOUT
+            )
         except ConnectionClosed as exc:
-            return self._fail(await self._closed_message(remote, exc), EXIT_CONNECTION)
+            return self._no_answer(await self._closed_message(remote, exc), EXIT_CONNECTION)
         _print_json(result, self.pretty, sys.stdout)
         return EXIT_OK
 
