@@ -3,14 +3,20 @@ socket, framing auto): in-process through ``main()`` and as a subprocess."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ezipc_adapters._cli import main
+from ezipc_adapters._cli.call import BATCH_HINT
 
+from ..rawpeer import raw_server
 from .conftest import Served, cli, wait_for_file
 
 pytestmark = pytest.mark.timeout(60)
@@ -88,6 +94,7 @@ def test_timeout_exit_3(server: Served, capsys: pytest.CaptureFixture[str]) -> N
     out, err = capsys.readouterr()
     assert out == ""
     assert "no answer to 'slow'" in err and "within 0.3s" in err
+    assert "--sequential" not in err  # the batch hint is for batches only
 
 
 def test_connection_refused_exit_4(capsys: pytest.CaptureFixture[str], short_tmp: Path) -> None:
@@ -148,7 +155,73 @@ def test_sequential(
     assert wait_for_file(marker) == '"between"'
     calls.write_text(json.dumps([{"method": "add", "params": [1, 2]}, {"method": "slow", "params": [30]}]))
     assert main(["call", server.address("tcp"), "-b", str(calls), "-s", "--timeout", "0.3"]) == 3
-    assert "no answer to 'slow'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no answer to 'slow'" in err and BATCH_HINT not in err
+
+
+@contextlib.contextmanager
+def peer_without_batches(framing: str, answer: str) -> Iterator[tuple[str, list[Any]]]:
+    """A raw server that takes one message (collected in the list it yields with its
+    address) and then ``answer``s: "nothing", "null-id error" (an Invalid Request for the
+    message as a whole), or "close"; it holds the connection until the client closes it."""
+    received: list[Any] = []
+    with raw_server(framing) as (address, accept):
+
+        def serve() -> None:
+            peer = accept()
+            received.append(peer.receive())
+            if answer == "close":
+                peer.close()
+                return
+            if answer == "null-id error":
+                peer.send({"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "Invalid Request"}})
+            with contextlib.suppress(OSError, TimeoutError):
+                peer.receive_eof()
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            yield address, received
+        finally:
+            thread.join(10)
+
+
+@pytest.mark.parametrize(
+    ("framing", "answer", "status"),
+    [
+        ("content-length", "nothing", 3),  # pylsp, vscode-jsonrpc
+        ("ndjson", "nothing", 3),  # the MCP SDKs
+        ("ndjson", "null-id error", 3),
+        ("content-length", "close", 4),
+    ],
+)
+def test_batch_not_answered_hints_sequential(
+    framing: str, answer: str, status: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A server that does not support batches: after the timeout (or the close), ezipc
+    call says what to do about it."""
+    calls = tmp_path / "calls.json"
+    calls.write_text(json.dumps([{"method": "add", "params": [1, 2]}, {"method": "add", "params": [3, 4]}]))
+    with peer_without_batches(framing, answer) as (address, received):
+        assert main(["call", address, "--batch", str(calls), "--framing", framing, "--timeout", "0.3"]) == status
+    assert [item["method"] for item in received[0]] == ["add", "add"]  # one batch
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()  # the adapter may log the null-id error first
+    expected = "no answer to the batch" if status == 3 else "closed before the answer"
+    assert expected in lines[-2]
+    assert lines[-1] == f"ezipc: {BATCH_HINT}"
+    assert "--sequential" in BATCH_HINT
+
+
+def test_sequential_not_answered_no_hint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    calls = tmp_path / "calls.json"
+    calls.write_text(json.dumps([{"method": "add", "params": [1, 2]}]))
+    with peer_without_batches("content-length", "nothing") as (address, received):
+        assert main(["call", address, "-b", str(calls), "-s", "--framing", "content-length", "-t", "0.3"]) == 3
+    assert received[0]["method"] == "add"  # one request, not a batch
+    err = capsys.readouterr().err
+    assert "no answer to 'add'" in err and BATCH_HINT not in err
 
 
 def test_server_to_client_request_is_answered(server: Served, capsys: pytest.CaptureFixture[str]) -> None:

@@ -60,6 +60,20 @@ def test_demo_trio(capsys: pytest.CaptureFixture[str]) -> None:
     assert "(trio," in out
 
 
+def test_demo_trio_missing() -> None:
+    """Without trio, --backend trio says in one line what to install, with no traceback."""
+    code = (
+        "import sys; sys.modules['trio'] = None  # as if trio were not installed\n"
+        "from ezipc_adapters._cli import main; raise SystemExit(main(['demo', '--backend', 'trio']))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        "ezipc demo: error: --backend trio needs trio, which is not installed: pip install 'ezipc[trio]'"
+    ]
+
+
 def test_demo_subprocess() -> None:
     """As a newcomer runs it: no arguments, exit 0, nothing on stderr (in development mode,
     where a leaked socket or task would show there), in a few seconds."""

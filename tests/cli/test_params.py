@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 
 from ezipc_adapters import Server
-from ezipc_adapters._cli import UsageError, load_target, main, parse_params, public_functions
+from ezipc_adapters._cli import main
+from ezipc_adapters._cli.call import load_batch, parse_params
+from ezipc_adapters._cli.common import UsageError
+from ezipc_adapters._cli.serve import load_target, public_functions
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -212,8 +215,6 @@ def test_import_error_in_target(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_batch_file_shapes(tmp_path: Path) -> None:
-    from ezipc_adapters._cli import _load_batch
-
     batch = tmp_path / "batch.json"
     batch.write_text(json.dumps([
         {"method": "a", "params": [1]},
@@ -221,6 +222,6 @@ def test_batch_file_shapes(tmp_path: Path) -> None:
         {"jsonrpc": "2.0", "method": "c", "params": {"x": 1}, "id": 7},
         {"jsonrpc": "2.0", "method": "d"},
     ]))
-    assert _load_batch(str(batch)) == [
+    assert load_batch(str(batch)) == [
         ("a", [1], False), ("b", None, True), ("c", {"x": 1}, False), ("d", None, True),
     ]
