@@ -31,7 +31,7 @@ from ._events import (
     Response,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the same as pyproject.toml's (tests/test_packaging.py checks)
 
 __all__ = [
     "Connection",
