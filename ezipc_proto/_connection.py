@@ -436,7 +436,7 @@ class Connection:
     def _invalid(
         self, id: Id, code: int, message: str, batch: _Batch | None, *, reply: bool = True
     ) -> InvalidMessage:
-        error = _error(id, int(code), message, None)  # a plain int, as Error keeps it
+        error = _error(id, code, message, None)
         if not reply:
             return InvalidMessage(error)
         body = self._encode_answer(error)

@@ -223,7 +223,7 @@ def _response(id: Id, result: Any) -> Response:
 def _error(id: Id, code: int, message: str, data: Any) -> Error:
     ev: Any = _RawError()
     ev.id = id
-    ev.code = code
+    ev.code = code if type(code) is int else int(code)  # a plain int, as Error.__post_init__ makes it
     ev.message = message
     ev.data = data
     ev.__class__ = Error

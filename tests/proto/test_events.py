@@ -130,6 +130,8 @@ def test_error_codes_print_as_numbers() -> None:
         assert type(exc.error_code) is int
         assert "%s" % exc.error_code == str(int(exc.error_code))  # noqa: UP031  (as logging formats)
     assert type(Error(1, 7, "x").code) is int
+    fast = _error(1, ErrorCode.UNAUTHORIZED, "Unauthorized", None)  # the private fast path too
+    assert type(fast.code) is int and fast == Error(1, -32030, "Unauthorized")
 
 
 def test_invalid_messages_carry_plain_int_codes() -> None:
