@@ -158,9 +158,13 @@ class Hooks:
     """Registration shared by ``Server`` and ``Client`` in every adapter.
 
     ``hook_request("name", fn)`` or ``@hook_request("name")`` (or ``@hook_request`` on a
-    function: its name); the same for ``hook_notif``; ``@method`` registers a request
-    handler under the function's own name. ``hook_connect`` / ``hook_disconnect`` take
-    callbacks receiving the ``Remote``.
+    function, or ``@hook_request(replace=True)``: its name); the same for ``hook_notif``;
+    ``@method`` registers a request handler under the function's own name.
+    ``hook_connect`` / ``hook_disconnect`` take callbacks receiving the ``Remote``.
+
+    A name has one request handler and one notification handler: registering a second
+    one raises ``ValueError`` (a typo or a copied line would otherwise replace the first
+    without a word), unless the call says ``replace=True``.
     """
 
     def __init__(self) -> None:
@@ -170,28 +174,41 @@ class Hooks:
         self.on_disconnect: list[Callable[[Any], Any]] = []
 
     @overload
-    def hook_request(self, name: str, fn: F) -> F: ...
+    def hook_request(self, name: str, fn: F, *, replace: bool = False) -> F: ...
     @overload
-    def hook_request(self, name: str, fn: None = None) -> Callable[[F], F]: ...
+    def hook_request(self, name: str, fn: None = None, *, replace: bool = False) -> Callable[[F], F]: ...
     @overload
-    def hook_request(self, name: F, fn: None = None) -> F: ...
-    def hook_request(self, name: Any, fn: Any = None) -> Any:
-        """Register a request handler (its return value is the result)."""
-        return self._register(self.requests, name, fn)
+    def hook_request(self, name: F, fn: None = None, *, replace: bool = False) -> F: ...
+    @overload
+    def hook_request(self, *, replace: bool = False) -> Callable[[F], F]: ...
+    def hook_request(self, name: Any = None, fn: Any = None, *, replace: bool = False) -> Any:
+        """Register a request handler (its return value is the result). Raises
+        ``ValueError`` if ``name`` has one already, unless ``replace=True``."""
+        return self._register(self.requests, "request", name, fn, replace)
 
     @overload
-    def hook_notif(self, name: str, fn: F) -> F: ...
+    def hook_notif(self, name: str, fn: F, *, replace: bool = False) -> F: ...
     @overload
-    def hook_notif(self, name: str, fn: None = None) -> Callable[[F], F]: ...
+    def hook_notif(self, name: str, fn: None = None, *, replace: bool = False) -> Callable[[F], F]: ...
     @overload
-    def hook_notif(self, name: F, fn: None = None) -> F: ...
-    def hook_notif(self, name: Any, fn: Any = None) -> Any:
-        """Register a notification handler (its return value is ignored)."""
-        return self._register(self.notifications, name, fn)
+    def hook_notif(self, name: F, fn: None = None, *, replace: bool = False) -> F: ...
+    @overload
+    def hook_notif(self, *, replace: bool = False) -> Callable[[F], F]: ...
+    def hook_notif(self, name: Any = None, fn: Any = None, *, replace: bool = False) -> Any:
+        """Register a notification handler (its return value is ignored). Raises
+        ``ValueError`` if ``name`` has one already, unless ``replace=True``."""
+        return self._register(self.notifications, "notification", name, fn, replace)
 
-    def method(self, fn: F) -> F:
-        """Register ``fn`` as a request handler under its own ``__name__``."""
-        return self._register(self.requests, fn.__name__, fn)  # type: ignore[no-any-return]
+    @overload
+    def method(self, fn: F, *, replace: bool = False) -> F: ...
+    @overload
+    def method(self, fn: None = None, *, replace: bool = False) -> Callable[[F], F]: ...
+    def method(self, fn: Any = None, *, replace: bool = False) -> Any:
+        """Register ``fn`` as a request handler under its own ``__name__`` (``@method``,
+        or ``@method(replace=True)``)."""
+        if fn is not None and not callable(fn):
+            raise TypeError(f"method() takes a function, not {fn!r}")
+        return self._register(self.requests, "request", fn, None, replace)
 
     def hook_connect(self, fn: F) -> F:
         """Call ``fn(remote)`` (sync or async) when a connection opens, before any of its
@@ -204,7 +221,9 @@ class Hooks:
         self.on_disconnect.append(fn)
         return fn
 
-    def _register(self, table: dict[str, Handler], name: Any, fn: Any) -> Any:
+    def _register(self, table: dict[str, Handler], kind: str, name: Any, fn: Any, replace: bool) -> Any:
+        if name is None and fn is None:  # @hook_request(replace=True): the function's name
+            return lambda fn: self._register(table, kind, fn, None, replace)
         if callable(name) and fn is None:  # bare decorator: @hook_request
             fn, name = name, name.__name__
         if not isinstance(name, str) or not name:
@@ -213,7 +232,13 @@ class Hooks:
             raise ValueError(f"{name!r}: method names beginning with 'rpc.' are reserved by JSON-RPC")
 
         def register(fn: Any) -> Any:
-            table[name] = Handler(name, fn)
+            handler = Handler(name, fn)
+            old = table.get(name)
+            if old is not None and not replace:
+                raise ValueError(
+                    f"{name!r} already has a {kind} handler ({old.fn!r}); pass replace=True to replace it"
+                )
+            table[name] = handler
             return fn
 
         return register if fn is None else register(fn)

@@ -1,10 +1,20 @@
 """The async adapter on trio: the same API as ``ezipc_adapters``, with ``Server.start()``
-running trio (``pip install ezipc[trio]``).
+running trio. It needs trio: ``pip install 'ezipc[trio]'`` (importing this module without
+trio raises ``ModuleNotFoundError`` saying so).
 
 Inside your own ``trio.run(...)`` use ``await server.serve(...)`` and ``connect(...)``.
 """
 
 from __future__ import annotations
+
+try:  # fail here, with the fix, rather than at the first call into trio
+    import trio  # noqa: F401
+except ModuleNotFoundError as exc:
+    if exc.name != "trio":  # trio is there but broken: that error says more
+        raise
+    raise ModuleNotFoundError(
+        "ezipc_adapters.trio needs trio, which is not installed: pip install 'ezipc[trio]'", name="trio"
+    ) from None
 
 from . import _async
 from ._async import BatchCall, Call, Client, Remote, Sent, connect, connect_subprocess

@@ -60,7 +60,7 @@ from ._session import (
     Stats,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the same as pyproject.toml's (tests/test_packaging.py checks)
 
 __all__ = [
     "Connection",

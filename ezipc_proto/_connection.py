@@ -114,8 +114,9 @@ class Connection:
     is ``ErrorCode.MESSAGE_TOO_LARGE``. ``max_batch_size``: the most members a batch
     may have (a larger one is answered with ``ErrorCode.BATCH_TOO_LARGE``).
 
-    ``codec``: ``"json"`` (the standard library), ``"msgspec"``/``"fast"``, or a codec
-    object (see ``ezipc_proto.Codec``). ``cancellation``: how a :class:`Cancel` we send
+    ``codec``: ``"json"`` (the standard library), ``"fast"`` (msgspec, the same results;
+    also called ``"msgspec"``), ``"fast-extended"`` (msgspec, encoding its extra types
+    too), or a codec object (see ``ezipc_proto.Codec``). ``cancellation``: how a :class:`Cancel` we send
     is written: ``"lsp"`` (``$/cancelRequest {"id": ...}``), ``"mcp"``
     (``notifications/cancelled {"requestId": ...}``) or ``None`` (not at all: the id is
     only forgotten). Either form is understood when received unless it is ``None``.

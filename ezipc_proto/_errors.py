@@ -52,7 +52,7 @@ class ProtocolError(Exception):
 
     def __init__(self, msg: str, error_code: int = ErrorCode.INTERNAL_ERROR) -> None:
         super().__init__(msg)
-        self.error_code = error_code
+        self.error_code = int(error_code)  # a plain int: it prints as a number on every Python
 
 
 class LocalProtocolError(ProtocolError):

@@ -107,7 +107,12 @@ class Response:
 
 @dataclass(frozen=True, slots=True)
 class Error:
-    """An error answer. ``id`` is ``None`` when the request's id could not be read."""
+    """An error answer. ``id`` is ``None`` when the request's id could not be read.
+
+    ``code`` is kept as a plain ``int`` (``ErrorCode.INTERNAL_ERROR`` becomes ``-32603``),
+    so that a message or a log line that shows it prints the number on every Python
+    (before 3.11, ``"%s" % ErrorCode.INTERNAL_ERROR`` is ``"ErrorCode.INTERNAL_ERROR"``).
+    """
 
     id: Id
     code: int
@@ -116,8 +121,11 @@ class Error:
 
     def __post_init__(self) -> None:
         _check_id(self.id, "error")
-        if isinstance(self.code, bool) or not isinstance(self.code, int):
-            raise LocalProtocolError(f"error code must be an int, not {type(self.code).__name__}")
+        code = self.code
+        if type(code) is not int:
+            if isinstance(code, bool) or not isinstance(code, int):
+                raise LocalProtocolError(f"error code must be an int, not {type(code).__name__}")
+            object.__setattr__(self, "code", int(code))
         if not isinstance(self.message, str):
             raise LocalProtocolError(f"error message must be a str, not {type(self.message).__name__}")
 
@@ -221,7 +229,7 @@ def _response(id: Id, result: Any) -> Response:
 def _error(id: Id, code: int, message: str, data: Any) -> Error:
     ev: Any = _RawError()
     ev.id = id
-    ev.code = code
+    ev.code = code if type(code) is int else int(code)  # a plain int, as Error.__post_init__ makes it
     ev.message = message
     ev.data = data
     ev.__class__ = Error

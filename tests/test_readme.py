@@ -10,11 +10,14 @@ cannot go untested):
   block runs against it (another subprocess), and its output must be the lines the README's
   comments give; then the server gets SIGINT (Ctrl-C) and must exit 0, having printed what
   the client's notification asked it to;
-* the standalone blocks (``lsp``, ``tls``, ``core``) run as they are (``tls`` in a directory
-  where the test has made ``server.pem`` and ``ca.pem``) and must print their comments.
+* the standalone blocks (``lsp``, ``client-hooks``, ``tls``, ``core``) run as they are
+  (``tls`` in a directory where the test has made ``server.pem`` and ``ca.pem``) and must
+  print their comments.
 
 The command-line block is run line by line (the server in the background, again on a free
-port), each ``ezipc call`` checked against its comment. The "Try it" commands must appear
+port), each ``ezipc call`` checked against its comment; it names the virtual environment's
+programs (``.venv/bin/ezipc``, ``.venv/bin/python``) so that it works as written after the
+"Try it" commands, and the test runs this environment's. The "Try it" commands must appear
 verbatim, and ``.ci/run`` must run the second one.
 """
 
@@ -62,6 +65,7 @@ PAIRS = {
 }
 STANDALONE = {
     "lsp": ["pylsp hover: True"],
+    "client-hooks": ["hello, Ada"],
     "tls": ["pong"],
     "core": [
         """b'{"jsonrpc":"2.0","method":"subtract","params":[42,23],"id":1}\\n'""",
@@ -198,6 +202,13 @@ def test_language_server_block(tmp_path: Path) -> None:
     assert all(f"# {line}" in code for line in STANDALONE["lsp"])
 
 
+def test_client_hooks_block(tmp_path: Path) -> None:
+    code = block("client-hooks")
+    assert "client.connect(" in code
+    assert run_python(code, tmp_path, "client_hooks") == STANDALONE["client-hooks"]
+    assert all(f"# {line}" in code for line in STANDALONE["client-hooks"])
+
+
 def test_tls_block(tmp_path: Path) -> None:
     trustme = pytest.importorskip("trustme")
     ca = trustme.CA()
@@ -216,13 +227,28 @@ def test_core_block(tmp_path: Path) -> None:
     assert all(f"# {line}" in code for line in STANDALONE["core"])
 
 
+def test_commands_name_the_venv() -> None:
+    """Every command in a ```sh block runs the virtual environment's `ezipc` and `python`
+    (`.venv/bin/...`, which the "Try it" commands create): a bare `ezipc`, or a bare
+    `python` in `--spawn`, works only with the environment active."""
+    for code in blocks("sh"):
+        for line in code.splitlines():
+            words = line.split()
+            if words and words[0].endswith("ezipc"):
+                assert words[0] == ".venv/bin/ezipc", line
+            for spawned in re.findall(r'--spawn "(\S+)', line):
+                assert spawned == ".venv/bin/python", line
+
+
 def test_command_line_block(tmp_path: Path) -> None:
     """The command-line section, line by line: `ezipc serve ... &` in the background, each
-    `ezipc call` checked against its comment (`# 19`), with the venv's `ezipc` and `python`."""
+    `ezipc call` checked against its comment (`# 19`), with this environment's `ezipc` and
+    `python` in place of `.venv/bin/`'s."""
     bindir = Path(sys.executable).parent
     if shutil.which("ezipc", path=str(bindir)) is None:
         pytest.skip(f"no ezipc console script next to {sys.executable} (pip install -e .)")
     [code] = [c for c in blocks("sh") if "ezipc serve" in c]
+    code = code.replace(".venv/bin/", f"{bindir}{os.sep}")
     port = free_port()
     env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
     server: subprocess.Popen | None = None  # type: ignore[type-arg]
@@ -252,7 +278,7 @@ def test_command_line_block(tmp_path: Path) -> None:
             assert proc.returncode == 0, f"{command}\n--- stdout:\n{proc.stdout}\n--- stderr:\n{proc.stderr}"
             if comment:
                 assert proc.stdout.strip() == comment.strip(), command
-            elif command.startswith("ezipc call"):
+            elif command.startswith(f"{bindir}{os.sep}ezipc call"):
                 assert "capabilities" in json.loads(proc.stdout), command  # pylsp's initialize
         assert server is not None, "the command-line block starts no server"
         assert interrupt(server, report) == 0, report()

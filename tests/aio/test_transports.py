@@ -224,7 +224,7 @@ async def test_unix_allowed_uids_refuses_others_before_reading(
     server = make_server(allowed_uids={other})
     handled: list[Any] = []
     server.hook_connect(lambda remote: handled.append("connect"))
-    server.hook_request("add", lambda a, b: handled.append("add"))
+    server.hook_request("add", lambda a, b: handled.append("add"), replace=True)  # records instead
     server.hook_notif("note", lambda: handled.append("note"))
     async with serving(server, f"unix:{path}"):
         for _ in range(2):  # refused each time, and the server keeps listening
@@ -374,7 +374,7 @@ async def test_unix_allowed_uids_refuses_another_user(shared_dir: Path) -> None:
     server = make_server(unix_mode=0o666, allowed_uids={0})
     handled: list[str] = []
     server.hook_connect(lambda remote: handled.append("connect"))
-    server.hook_request("whoami", lambda: handled.append("whoami"))
+    server.hook_request("whoami", lambda: handled.append("whoami"), replace=True)  # records instead
     async with serving(server, f"unix:{path}"):
         outcome = await as_other_user("request", path)
         assert outcome.get("closed") is True and not outcome.get("received"), outcome

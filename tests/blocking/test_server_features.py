@@ -26,9 +26,10 @@ def test_broadcast_reaches_every_client() -> None:
     for k in range(3):
         client = Client()
         client.hook_notif("news", lambda text, k=k: (received.append((k, text)), got.release()))
-        client.hook_request("name", lambda k=k: f"client {k}")
         if k == 2:
             client.hook_request("name", lambda: (_ for _ in ()).throw(RemoteError(1, "no name")))
+        else:
+            client.hook_request("name", lambda k=k: f"client {k}")
         clients.append(client)
     with serving(server) as (address,):
         remotes = [c.connect(address) for c in clients]

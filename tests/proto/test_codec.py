@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+import collections
+import dataclasses
+import datetime
+import decimal
+import enum
+import json
+import uuid
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -155,3 +162,227 @@ def test_custom_codec_is_used() -> None:
     conn.receive_data(b'{"jsonrpc":"2.0","method":"m"}\n')
     assert conn.next_event() is not None
     assert calls == [b'{"jsonrpc":"2.0","method":"m"}']
+
+
+# ---- encoding: the fast codec refuses what the stdlib refuses -------------------------
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+class Number(enum.Enum):
+    ONE = 1
+
+
+class Level(enum.IntEnum):
+    LOW = 1
+
+
+class Mode(str, enum.Enum):
+    FAST = "fast"
+
+
+class Ratio(float, enum.Enum):
+    HALF = 0.5
+
+
+class Perm(enum.IntFlag):
+    R = 4
+
+
+class Bits(enum.Flag):
+    A = 1
+
+
+class Name(str):
+    pass
+
+
+class Count(int):
+    pass
+
+
+class Real(float):
+    pass
+
+
+class Point(NamedTuple):
+    x: int
+    y: int
+
+
+@dataclasses.dataclass
+class Pair:
+    a: int
+    b: Any = None
+
+
+class Record(dict):  # type: ignore[type-arg]
+    pass
+
+
+def _struct() -> Any:
+    import msgspec
+
+    class Item(msgspec.Struct):
+        a: int
+
+    return Item(1)
+
+
+def _raw() -> Any:
+    import msgspec
+
+    return msgspec.Raw(b"1")
+
+
+# (label, value): either codec encodes each to the same JSON value, or both raise
+PARITY: list[tuple[str, Any]] = [
+    # plain JSON, and what the stdlib turns into plain JSON
+    ("scalars", [None, True, False, 0, -1, 1.5, -0.0, 1e16, 5e-324, "", "é\n\x00"]),
+    ("uint64", 2**64 - 1),
+    ("huge int", 2**70),
+    ("lone surrogate", "\ud800"),
+    ("nested", {"a": [1, {"b": [None, {"c": "d"}]}], "e": {}}),
+    ("tuple", (1, 2)),
+    ("nested tuple", {"a": [(1, (2, 3))]}),
+    ("namedtuple", Point(1, 2)),
+    ("OrderedDict", collections.OrderedDict([("b", 1), ("a", 2)])),
+    ("defaultdict", collections.defaultdict(list, {"a": [1]})),
+    ("dict subclass", Record(a=1)),
+    ("IntEnum", [Level.LOW]),
+    ("str Enum", {"mode": Mode.FAST}),
+    ("float Enum", Ratio.HALF),
+    ("IntFlag", Perm.R),
+    ("str subclass", Name("x")),
+    ("int subclass", Count(3)),
+    ("float subclass", Real(2.5)),
+    ("int keys", {1: "a", -2: "b"}),
+    ("float keys", {1.5: 1, 1e16: 2, 1e-05: 3}),
+    ("bool and None keys", {True: 1, False: 2, None: 3}),
+    ("IntEnum key", {Level.LOW: 1}),
+    ("str Enum key", {Mode.FAST: 1}),
+    ("str subclass key", {Name("k"): 1}),
+    ("None inside", {"a": None, "b": [None]}),
+    # refused by the stdlib, so by both
+    ("NaN", float("nan")),
+    ("NaN nested", {"a": None, "b": [float("nan")]}),
+    ("infinity", [float("inf")]),
+    ("NaN key", {float("nan"): 1}),
+    ("infinite key", {float("-inf"): 1}),
+    ("set", {1, 2, 3}),
+    ("empty set", set()),
+    ("frozenset", frozenset({1})),
+    ("set nested", {"a": [{"b": {1}}]}),
+    ("bytes", b"ab"),
+    ("bytearray", [bytearray(b"ab")]),
+    ("memoryview", {"a": memoryview(b"ab")}),
+    ("datetime", datetime.datetime(2024, 1, 2, 3, 4, 5)),
+    ("aware datetime", datetime.datetime(2024, 1, 2, tzinfo=datetime.timezone.utc)),
+    ("date", [datetime.date(2024, 1, 2)]),
+    ("time", datetime.time(3, 4)),
+    ("timedelta", datetime.timedelta(seconds=5)),
+    ("UUID", uuid.UUID(int=1)),
+    ("Decimal", decimal.Decimal("1.5")),
+    ("dataclass", Pair(1, [2])),
+    ("dataclass nested", {"a": [Pair(1)]}),
+    ("plain Enum (str value)", Color.RED),
+    ("plain Enum (int value)", [Number.ONE]),
+    ("Flag", Bits.A),
+    ("msgspec Struct", "struct"),
+    ("msgspec Raw", "raw"),
+    ("complex", 1j),
+    ("object", object()),
+    ("circular", "circular"),
+    ("Enum key", {Number.ONE: 1}),
+    ("bytes key", {b"k": 1}),
+    ("date key", {datetime.date(2024, 1, 2): 1}),
+    ("UUID key", {uuid.UUID(int=1): 1}),
+    ("Decimal key", {decimal.Decimal(1): 1}),
+    ("tuple key", {(1,): 1}),
+    ("frozenset key", {frozenset(): 1}),
+]
+
+
+def _value(value: Any) -> Any:
+    if value == "struct":
+        return _struct()
+    if value == "raw":
+        return _raw()
+    if value == "circular":
+        loop: list[Any] = []
+        loop.append(loop)
+        return loop
+    return value
+
+
+def _outcome(codec: Codec, value: Any) -> tuple[str, Any]:
+    """("ok", the JSON value the encoding holds, read by an independent reader) or
+    ("error", None)."""
+    try:
+        data = codec.encode(value)
+    except (TypeError, ValueError):
+        return "error", None
+    assert isinstance(data, bytes)
+    assert b"\n" not in data
+    return "ok", json.loads(data)
+
+
+@pytest.mark.parametrize("size", ["small", "large"])
+@pytest.mark.parametrize(("label", "value"), PARITY, ids=[label for label, _ in PARITY])
+def test_encode_parity(label: str, value: Any, size: str) -> None:
+    """The fast codec encodes a value to the same JSON value as the stdlib, or raises
+    as the stdlib does: inside a small message, and inside a large one (the fast codec
+    checks those differently)."""
+    value = _value(value)
+    if size == "large":
+        value = {"jsonrpc": "2.0", "id": 1, "result": {"padding": "x" * 10_000, "value": value}}
+    expected = _outcome(JsonCodec(), value)
+    assert _outcome(MsgspecCodec(), value) == expected
+    assert _outcome(get_codec("fast"), value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ({1, 2}, [1, 2]),
+        (frozenset({"a"}), ["a"]),
+        ([b"ab"], ["YWI="]),
+        ({"when": datetime.datetime(2024, 1, 2, 3, 4, 5)}, {"when": "2024-01-02T03:04:05"}),
+        (uuid.UUID(int=1), "00000000-0000-0000-0000-000000000001"),
+        (decimal.Decimal("1.5"), "1.5"),
+        (Pair(1), {"a": 1, "b": None}),
+        (Color.RED, "red"),
+        ({1: None}, {"1": None}),
+        ((1, 2), [1, 2]),
+    ],
+    ids=repr,
+)
+def test_extended_encodes_msgspec_types(value: Any, expected: Any) -> None:
+    """Opting in: the extra types are encoded as msgspec encodes them."""
+    for codec in (MsgspecCodec(extended=True), get_codec("fast-extended"), get_codec("msgspec-extended")):
+        assert json.loads(codec.encode(value)) == expected
+        assert json.loads(codec.encode({"big": "x" * 10_000, "v": value}))["v"] == expected
+
+
+@pytest.mark.parametrize(
+    "value", [float("nan"), [float("inf")], {"a": None, "b": {1, 2}, "c": float("nan")}], ids=repr
+)
+def test_extended_still_refuses_nan(value: Any) -> None:
+    with pytest.raises(ValueError):
+        MsgspecCodec(extended=True).encode(value)
+
+
+def test_extended_accepts_extras_beside_null() -> None:
+    """A null in the encoding does not make the extended codec refuse an extra type."""
+    assert json.loads(MsgspecCodec(extended=True).encode({"a": None, "b": {1}})) == {"a": None, "b": [1]}
+
+
+def test_codec_names() -> None:
+    assert MsgspecCodec().name == "msgspec"
+    assert not MsgspecCodec().extended
+    assert MsgspecCodec(extended=True).name == "msgspec-extended"
+    assert get_codec("fast-extended").name == "msgspec-extended"
+    with pytest.raises(ValueError, match="fast-extended"):
+        get_codec("faster")

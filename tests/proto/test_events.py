@@ -116,6 +116,35 @@ def test_error_code_must_be_int(code: object) -> None:
         Error(1, code, "x")  # type: ignore[arg-type]
 
 
+def test_error_codes_print_as_numbers() -> None:
+    """An ErrorCode given to an event or an exception is kept as a plain int, so "%s" and
+    f-strings show -32603 on every Python (3.10's IntEnum.__str__ gives the member name)."""
+    error = Error(1, ErrorCode.INTERNAL_ERROR, "Internal error")
+    assert type(error.code) is int and error.code == ErrorCode.INTERNAL_ERROR == -32603
+    logged = "answered with error %s: %s" % (error.code, error.message)  # noqa: UP031  (as logging formats)
+    assert logged == "answered with error -32603: Internal error"
+    assert f"{error.code}" == "-32603"
+    assert repr(error) == "Error(id=1, code=-32603, message='Internal error', data=None)"
+    assert error == Error(1, -32603, "Internal error")
+    for exc in (ProtocolError("x"), LocalProtocolError("x", ErrorCode.INVALID_REQUEST), RemoteProtocolError("x")):
+        assert type(exc.error_code) is int
+        assert "%s" % exc.error_code == str(int(exc.error_code))  # noqa: UP031  (as logging formats)
+    assert type(Error(1, 7, "x").code) is int
+    fast = _error(1, ErrorCode.UNAUTHORIZED, "Unauthorized", None)  # the private fast path too
+    assert type(fast.code) is int and fast == Error(1, -32030, "Unauthorized")
+
+
+def test_invalid_messages_carry_plain_int_codes() -> None:
+    from ezipc_proto import NEED_DATA, Connection
+
+    conn = Connection()
+    conn.receive_data(b'{"jsonrpc": "2.0", "method": 1, "id": 1}\nnot json\n')
+    events = [conn.next_event(), conn.next_event()]
+    assert conn.next_event() is NEED_DATA
+    assert [type(ev.error.code) for ev in events] == [int, int]  # type: ignore[union-attr]
+    assert [ev.error.code for ev in events] == [-32600, -32700]  # type: ignore[union-attr]
+
+
 def test_error_message_must_be_str() -> None:
     with pytest.raises(LocalProtocolError, match="message"):
         Error(1, -1, None)  # type: ignore[arg-type]

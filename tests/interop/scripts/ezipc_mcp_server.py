@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 
+import ezipc_proto
 from ezipc_adapters import RemoteError, Server
 
 PROTOCOL_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
@@ -67,7 +68,7 @@ def initialize(
     return {
         "protocolVersion": version,
         "capabilities": {"tools": {"listChanged": False}},
-        "serverInfo": {"name": "ezipc-mcp-server", "version": "0.1.0"},
+        "serverInfo": {"name": "ezipc-mcp-server", "version": ezipc_proto.__version__},
         "instructions": f"hello {clientInfo.get('name', '?')}",
     }
 
