@@ -569,7 +569,11 @@ class Connection:
         body = self._encode_answer(event)
         batch = self._owed[id]
         size = len(body) if batch is None else len(body) + batch.size + len(batch.parts) + 1
-        if size > self.max_message_size:  # (a batch's reply is one message)
+        # (a batch's reply is one message). A short error without data is always sent: it
+        # is how the peer learns that what it asked for was too large to send.
+        if size > self.max_message_size and (
+            type(event) is not Error or event.data is not None or len(body) > 256
+        ):
             raise self._too_large("answer", size)
         del self._owed[id]
         withheld = bool(self._withheld) and id in self._withheld

@@ -369,6 +369,8 @@ class Session:
         self.debug = debug
         self.log_messages = log_messages
         self.phase = Phase.AUTHENTICATING if auth_token is not None else Phase.OPEN
+        self._admitted = auth_token is None
+        self._peer_eof = False
         #: Why the session closed (or "" while it has not).
         self.close_reason = ""
         self._stats = Stats()
@@ -393,7 +395,9 @@ class Session:
         self._last_activity = now
         self._last_rx = now
         self._message_since: float | None = None
-        self._seen = 0  # messages received when the slow-message clock was last looked at
+        self._received = 0  # messages received (valid or not)
+        self._seen = 0  # ... when the slow-message clock was last looked at
+        self._late = 0  # late answers the connection could not tell were late (see _on_error)
         self._dropped_logged = 0  # notifications_dropped when that was last logged
         self._drop_log_at = -1e18
         if auth_token is None:
@@ -414,7 +418,7 @@ class Session:
         stats.requests_pending = len(self._calls)
         stats.handlers_running = len(self._active)
         stats.calls_queued = len(self._line)
-        stats.late_responses = self._conn.late_responses
+        stats.late_responses = self._conn.late_responses + self._late
         return stats
 
     @property
@@ -424,7 +428,7 @@ class Session:
     @property
     def can_request(self) -> bool:
         """Can a request still be answered (the connection is up, the peer not at EOF)?"""
-        return self.phase in _CAN_REQUEST
+        return self.phase in _CAN_REQUEST and not self._peer_eof
 
     @property
     def reading(self) -> bool:
@@ -434,7 +438,7 @@ class Session:
     @property
     def admitted(self) -> bool:
         """Has the peer passed the authentication gate (if there is one)?"""
-        return self.phase is not Phase.AUTHENTICATING
+        return self._admitted
 
     @property
     def output_size(self) -> int:
@@ -559,10 +563,14 @@ class Session:
             kind = type(ev)
             if self.log_messages and kind is not InvalidMessage:
                 log.debug("received from %s: %s", self.name, _shorten(repr(ev)))
+            self._received += 1
             if kind is Response:
                 stats.messages_in += 1
-                call = self._calls.pop(ev.id)  # type: ignore[union-attr]
-                return Settle(ev.id, call.waiter, ev.result, None)  # type: ignore[union-attr]
+                call = self._calls.pop(ev.id, None)  # type: ignore[union-attr]
+                if call is not None:
+                    return Settle(ev.id, call.waiter, ev.result, None)  # type: ignore[union-attr]
+                self._late += 1  # given up on while the rest of its batch was read
+                continue
             if kind is Request:
                 stats.messages_in += 1
                 job = self._on_request(ev)  # type: ignore[arg-type]
@@ -659,6 +667,8 @@ class Session:
                 self._stats.late_results += 1
             job.state = JobState.DONE
             self._free(job)
+            self._pump()
+            self._check_drained()
             return True
         if (job.state, "end") not in JOB_TRANSITIONS:
             raise LocalProtocolError(f"{job!r}: no outcome is expected in state {job.state.name}")
@@ -700,6 +710,7 @@ class Session:
         data = self._encode_call(lambda: conn.send(_outgoing(method, params, id, False)))
         self._add_call(id, _Call(method, waiter), timeout, now)
         self._write(data)
+        self._last_activity = now
         return id
 
     def batch(
@@ -750,8 +761,8 @@ class Session:
         return True
 
     def _can_call(self, n: int) -> None:
-        if self.phase not in _CAN_REQUEST:
-            peer_eof = self.phase is Phase.FINISHING
+        if self.phase not in _CAN_REQUEST or self._peer_eof:
+            peer_eof = self._peer_eof
             reason = self.close_reason or ("closed by the peer" if peer_eof else "closed")
             raise ConnectionClosed(f"{self.name}: {reason}")
         if len(self._calls) + n > self.max_pending:
@@ -827,6 +838,10 @@ class Session:
         self._calls.clear()
         self._deadlines.clear()
         events = self._events
+        for ev in [ev for ev in events if type(ev) is Job]:  # not handed out yet: never run
+            events.remove(ev)
+            ev.state = JobState.DONE
+            self._free(ev)
         for id, call in calls:  # a fresh exception each: a shared one would grow its traceback
             events.append(Settle(id, call.waiter, None, ConnectionClosed(f"{self.name}: {reason}")))
         running = list(self._active)
@@ -851,6 +866,7 @@ class Session:
         if ev.unfinished:
             log.warning("%s closed in the middle of a message (%d bytes lost)", self.name, len(ev.unfinished))
         self._reading = False
+        self._peer_eof = True
         self._message_since = None
         if self.phase is Phase.CLOSED:
             return
@@ -969,6 +985,8 @@ class Session:
             self._line.remove(job)
             job._to("refuse")
             self._respond(job, _error(id, ErrorCode.REQUEST_CANCELLED, _CANCELLED, None), job.method)
+            self._pump()  # (what waited behind it may start)
+            self._check_drained()
         elif job.state is JobState.RUNNING:
             self._respond(job, _error(id, ErrorCode.REQUEST_CANCELLED, _CANCELLED, None), job.method)
             self._interrupt(job)
@@ -982,15 +1000,21 @@ class Session:
         if call is not None:
             self._events.append(Settle(ev.id, call.waiter, None, RemoteError(ev.code, ev.message, ev.data)))
             return
+        if ev.id is not None:  # given up on while the rest of its batch was read
+            self._late += 1
+            return
         self._stats.errors += 1  # id null: the peer could not read something we sent
         log.warning("%s reported an error: [%d] %s", self.name, ev.code, ev.message)
 
     def _on_invalid(self, ev: InvalidMessage) -> None:
+        call = self._calls.pop(ev.error.id, None) if ev.ends_request else None
+        if ev.ends_request and call is None:  # given up on while the rest of its batch was read
+            self._late += 1
+            return
         self._stats.errors += 1
         log.warning("%s sent an invalid message: %s", self.name, ev.error.message)
         self._write(ev.reply)
-        if ev.ends_request:
-            call = self._calls.pop(ev.error.id)
+        if call is not None:
             error = InvalidResponse(ErrorCode.INVALID_REQUEST, f"{ev.error.message} (to {call.method!r})")
             self._events.append(Settle(ev.error.id, call.waiter, None, error))
 
@@ -1002,10 +1026,11 @@ class Session:
         if (
             ev.method == AUTH_METHOD
             and isinstance(token, str)
-            and hmac.compare_digest(token.encode(), expected.encode())
+            and hmac.compare_digest(token.encode("utf-8", "surrogatepass"), expected.encode())
         ):
             self._write(self._conn.send(_response(ev.id, True)))
             self.phase = PHASES[self.phase, "authenticated"]
+            self._admitted = True
             self._auth_deadline = None
             self._events.append(Connected())
             return
@@ -1094,7 +1119,7 @@ class Session:
         if not self._conn.in_message:
             self._message_since = None
             return
-        seen = self._stats.messages_in + self._stats.errors
+        seen = self._received
         if self._message_since is None or seen != self._seen:
             self._message_since = self._last_rx
         self._seen = seen

@@ -1,5 +1,6 @@
 """The long-running property harness: the properties of tests/proto/test_properties.py
-with far more examples.
+and the session state machine of tests/proto/test_session_properties.py, with far more
+examples.
 
     python fuzz/run.py                      # every property, 5000 examples each
     python fuzz/run.py --examples 100000    # more
@@ -21,30 +22,52 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
 from hypothesis import HealthCheck, given, settings
+from hypothesis.stateful import run_state_machine_as_test
 
+from tests.proto import test_session_properties
 from tests.proto.strategies import PROPERTIES
+
+#: State machines, run like the properties (an example is one run of up to STEPS steps).
+MACHINES = {"session": test_session_properties.SessionMachine}
+STEPS = 100
 
 #: A property round that runs longer than this is taken to hang (its stacks are dumped).
 HANG_SECONDS = 15 * 60
 
 
 def run_property(name: str, examples: int) -> tuple[bool, int]:
-    """Run one property for ``examples`` examples; (passed, examples actually run)."""
-    check, strategies = PROPERTIES[name]
+    """Run one property (or state machine) for ``examples`` examples; (passed, examples
+    actually run)."""
     calls = 0
-
-    def counted(**kwargs: Any) -> None:
-        nonlocal calls
-        calls += 1
-        check(**kwargs)
-
-    test: Any = settings(
+    options = settings(
         max_examples=examples,
         deadline=None,
         database=None,  # a fresh random search every round; failures print a reproducer
         print_blob=True,
         suppress_health_check=list(HealthCheck),
-    )(given(**strategies)(counted))
+        stateful_step_count=STEPS,
+    )
+    test: Any
+    if name in MACHINES:
+
+        class Counted(MACHINES[name]):  # type: ignore[misc,valid-type]
+            def __init__(self) -> None:
+                nonlocal calls
+                calls += 1
+                super().__init__()
+
+        def test() -> None:
+            run_state_machine_as_test(Counted, settings=options)
+
+    else:
+        check, strategies = PROPERTIES[name]
+
+        def counted(**kwargs: Any) -> None:
+            nonlocal calls
+            calls += 1
+            check(**kwargs)
+
+        test = options(given(**strategies)(counted))
     faulthandler.dump_traceback_later(HANG_SECONDS, exit=True)
     try:
         test()
@@ -64,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="examples per property, per round with --minutes (default 5000; 1000 a round)")
     parser.add_argument("--minutes", type=float, default=None,
                         help="keep running rounds of every property until this much time has passed")
-    parser.add_argument("--only", nargs="+", choices=sorted(PROPERTIES), default=sorted(PROPERTIES),
+    names = sorted(PROPERTIES) + sorted(MACHINES)
+    parser.add_argument("--only", nargs="+", choices=names, default=names,
                         help="run only these properties")
     args = parser.parse_args(argv)
     examples = args.examples or (1000 if args.minutes else 5000)
