@@ -1,21 +1,24 @@
-"""The async driver: an ``ezipc_proto.Session`` over an anyio byte stream (asyncio, uvloop
+"""The async driver: an ``ezipc_proto.Session`` per connection, on anyio (asyncio, uvloop
 and trio run the same code).
 
-Per connection, under one task group: a reader (bytes into the session), a writer
-(everything the session produced meanwhile, in one send), a timer (the session's
-deadlines) and one task per running handler (a plain-function handler runs inline: it
-would block the event loop wherever it ran). Every decision (what starts when, what is
-answered how, timeouts, cancellation, shutdown) is the session's: this module moves
-bytes, runs handlers and keeps the clock.
+Per connection, under one task group: its wire (``_async_io``: an asyncio protocol on a
+plain socket, else reader and writer tasks on an anyio stream), a timer task (the
+session's deadlines) and one task per running handler (a plain-function handler runs
+inline: it would block the event loop wherever it ran). Every decision (what starts
+when, what is answered how, timeouts, cancellation, shutdown) is the session's: this
+module moves bytes, runs handlers and keeps the clock.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import inspect
 import math
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -24,8 +27,9 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
+import sniffio
+from anyio.abc import SocketListener
 from anyio.streams.stapled import StapledByteStream
-from anyio.streams.tls import TLSAttribute
 
 from ezipc_proto import (
     AUTH_METHOD,
@@ -36,19 +40,26 @@ from ezipc_proto import (
     Connected,
     Interrupt,
     Job,
-    NeedData,
-    Paused,
     RemoteError,
     RequestCancelled,
     Settle,
 )
 
 from ._address import DEFAULT_ADDRESS, Address, parse_address
-from ._async_io import TLSListener, bound_addresses, describe, end_process, open_stream, stdio_stream
+from ._async_io import (
+    ProtocolWire,
+    StreamWire,
+    TLSListener,
+    Wire,
+    end_process,
+    on_asyncio,
+    open_wire,
+    stdio_stream,
+)
 from ._options import Options, Stats
-from ._peer import PeerCredentials, free_unix_path, peer_credentials
+from ._peer import PeerCredentials, format_sockaddr
 from ._registry import Handler, Hooks, call_handler, log, not_found
-from ._serving import ServerBase, announcing, bind_error
+from ._serving import ServerBase, announcing, listen_sockets
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup  # (anyio's dependency before 3.11)
@@ -56,9 +67,7 @@ if sys.version_info < (3, 11):
 __all__ = ["Call", "Sent", "BatchCall", "Remote", "Server", "Client", "connect", "connect_subprocess"]
 
 T = TypeVar("T")
-_CLOSED_ERRORS = (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError)
 _HOOK_TIMEOUT = 10.0  # how long disconnect hooks may take once the connection has ended
-_READ_SIZE = 65536
 
 
 # ---- what request, notify and batch return ---------------------------------------------
@@ -227,41 +236,28 @@ class Remote:
     (TLS) and ``peer_credentials`` (Unix sockets: pid, uid, gid) describe the peer.
     """
 
-    def __init__(
-        self,
-        stream: anyio.abc.ByteStream,
-        hooks: Hooks,
-        options: Options,
-        *,
-        server: Server | None = None,
-        description: str | None = None,
-    ) -> None:
-        self._stream = stream
+    def __init__(self, wire: Wire, hooks: Hooks, options: Options, *, server: Server | None = None) -> None:
+        self._wire = wire
         self._hooks = hooks
         self.options = options
         self.server = server
         self.data: dict[str, Any] = {}
-        extra = stream.extra
-        family = extra(anyio.abc.SocketAttribute.family, None)
-        self.local_address = describe(family, extra(anyio.abc.SocketAttribute.local_address, None))
-        self.remote_address = description or describe(
-            family, extra(anyio.abc.SocketAttribute.remote_address, None)
+        self.local_address = wire.local
+        self.remote_address = wire.peer
+        self.peer_certificate: dict[str, Any] | None = wire.certificate
+        self.peer_credentials: PeerCredentials | None = wire.credentials
+        # The clock: the event loop's own, read directly (anyio's costs a lookup each time).
+        self._loop_time: Callable[[], float] = (
+            asyncio.get_running_loop().time if on_asyncio() else anyio.current_time
         )
-        self.peer_certificate: dict[str, Any] | None = extra(TLSAttribute.peer_certificate, None)
-        raw = extra(anyio.abc.SocketAttribute.raw_socket, None)
-        self.peer_credentials: PeerCredentials | None = peer_credentials(raw) if raw is not None else None
-        if self.remote_address == "unix:" and self.peer_credentials is not None:
-            creds = self.peer_credentials
-            self.remote_address = f"unix:pid={creds.pid},uid={creds.uid}"
         self._session = options.session(
-            now=anyio.current_time(), name=self.remote_address, server=server is not None
+            now=self._loop_time(), name=self.remote_address, server=server is not None
         )
         self._tg: anyio.abc.TaskGroup | None = None
-        self._wakeups: dict[str, anyio.Event] = {}
+        self._timer_wanted = anyio.Event()
         self._closing = anyio.Event()
         self._finished = anyio.Event()
         self._kicking = False
-        self._writing = False
         self._timer_at = math.inf
         self._disconnected = False
 
@@ -304,16 +300,14 @@ class Remote:
         async) runs when the call finishes, however it finishes. Raises at once
         ``ConnectionClosed`` or ``LimitExceeded`` (nothing sent)."""
         call = Call(self, method, callback)
-        call.id = self._session.request(
-            method, params, now=anyio.current_time(), timeout=timeout, waiter=call
-        )
+        call.id = self._session.request(method, params, now=self._loop_time(), timeout=timeout, waiter=call)
         self._kick()
         return call
 
     def notify(self, method: str, params: Any = None) -> Sent:
         """Send a notification now. Await the result to wait while the peer is not
         reading (backpressure); not awaiting it loses nothing."""
-        self._session.notify(method, params, now=anyio.current_time())
+        self._session.notify(method, params, now=self._loop_time())
         self._kick()
         return Sent(self)
 
@@ -334,7 +328,7 @@ class Remote:
         ids = self._session.batch(
             [(method, params, call) for (method, params), call in zip(requests, calls, strict=True)],
             list(notify),
-            now=anyio.current_time(),
+            now=self._loop_time(),
             timeout=timeout,
         )
         for call, id in zip(calls, ids, strict=True):
@@ -354,19 +348,20 @@ class Remote:
 
     def close(self, reason: str = "closed locally") -> None:
         """Start closing without waiting for it (see :meth:`aclose`)."""
-        self._session.close(reason, anyio.current_time())
+        self._session.close(reason, self._loop_time())
         self._kick()
 
     # ---- driving the session ---------------------------------------------------------
 
-    def _kick(self) -> NeedData | Paused | None:
+    def _kick(self) -> None:
         """Do what the session says until it needs bytes (NEED_DATA) or our output to
-        drain (PAUSED); then wake the writer and the timer if they have work. Re-entered
-        (a handler run inline calls the peer), it leaves the work to the outer call."""
+        drain (PAUSED); then hand the wire what there is to write, and wake the timer if
+        a deadline came nearer. Re-entered (a handler run inline calls the peer), it
+        leaves the work to the outer call."""
         if self._kicking:
-            return None
+            return
         self._kicking = True
-        session = self._session
+        session, wire = self._session, self._wire
         try:
             while True:
                 ev = session.next_event()
@@ -375,8 +370,12 @@ class Remote:
                     ev.waiter._settle(ev.result, ev.error)  # type: ignore[union-attr]
                 elif kind is Job:
                     self._run_job(ev)  # type: ignore[arg-type]
-                elif ev is NEED_DATA or ev is PAUSED:
+                elif ev is NEED_DATA:
                     break
+                elif ev is PAUSED:
+                    wire.output_ready()  # (if the wire takes it at once, go on)
+                    if session.output_size > session.write_buffer_size:
+                        break
                 elif kind is Interrupt:
                     context = ev.job.context  # type: ignore[union-attr]
                     if context is not None:
@@ -388,41 +387,30 @@ class Remote:
                     if self._hooks.on_connect:
                         self._spawn(self._connect_hooks)
                     else:
-                        session.start(anyio.current_time())
+                        session.start(self._loop_time())
                 else:  # Close
                     self._closing.set()
         finally:
             self._kicking = False
-        if session.output_size and not self._writing:
-            self._wake("write")
+        if session.output_size:
+            wire.output_ready()
+        wire.set_reading(ev is not PAUSED)
         at = session.get_timer()
         if at is not None and at < self._timer_at:
-            self._wake("timer")
-        return ev
+            self._timer_wanted.set()
 
     def _spawn(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         if self._tg is not None and not self._closing.is_set():
             self._tg.start_soon(fn, *args)
 
     def _cancel(self, call: Call) -> None:
-        self._session.cancel(call.id, anyio.current_time())
+        self._session.cancel(call.id, self._loop_time())
         self._kick()
 
     async def _writable(self) -> None:
         session = self._session
-        while session.output_size > session.write_buffer_size and not self._closing.is_set():
-            await self._sleep_until_woken("drained")
-
-    async def _sleep_until_woken(self, name: str) -> None:
-        event = self._wakeups.get(name)
-        if event is None:
-            event = self._wakeups[name] = anyio.Event()
-        await event.wait()
-
-    def _wake(self, name: str) -> None:
-        event = self._wakeups.pop(name, None)
-        if event is not None:
-            event.set()
+        if session.output_size > session.write_buffer_size and not self._closing.is_set():
+            await self._wire.drain()
 
     # ---- running handlers ------------------------------------------------------------
 
@@ -433,9 +421,9 @@ class Remote:
         if handler is None:
             if job.notification:
                 log.debug("%s: no handler for notification %r", self.remote_address, job.method)
-                session.answer(job, None, anyio.current_time())
+                session.answer(job, None, self._loop_time())
             else:
-                session.fail(job, not_found(job.method), anyio.current_time())
+                session.fail(job, not_found(job.method), self._loop_time())
             return
         awaitable = None
         if not handler.is_async and not handler.wants_cancelled:
@@ -444,10 +432,10 @@ class Remote:
             try:
                 result = call_handler(handler, job.params, self)
             except Exception as exc:
-                session.fail(job, exc, anyio.current_time())
+                session.fail(job, exc, self._loop_time())
                 return
             if not inspect.isawaitable(result):
-                session.answer(job, result, anyio.current_time())
+                session.answer(job, result, self._loop_time())
                 return
             awaitable = result  # a plain function that returned an awaitable
         token = anyio.Event() if handler.wants_cancelled else None
@@ -465,21 +453,21 @@ class Remote:
                 if job.notification:
                     # The requests after it may start now; they run once it has taken its
                     # first step (the timer task hands them over after this task yields).
-                    session.started(job, anyio.current_time())
-                    self._wake("timer")
+                    session.started(job, self._loop_time())
+                    self._timer_wanted.set()
                 try:
                     if awaitable is None:
                         awaitable = call_handler(handler, job.params, self, token)
                     result = await awaitable if inspect.isawaitable(awaitable) else awaitable
                 except Exception as exc:
                     reported = True
-                    session.fail(job, exc, anyio.current_time())
+                    session.fail(job, exc, self._loop_time())
                 else:
                     reported = True
-                    session.answer(job, result, anyio.current_time())
+                    session.answer(job, result, self._loop_time())
         finally:
             if not reported:  # interrupted: the session drops what it is told
-                session.fail(job, RequestCancelled("interrupted"), anyio.current_time())
+                session.fail(job, RequestCancelled("interrupted"), self._loop_time())
             self._kick()
 
     async def _connect_hooks(self) -> None:
@@ -490,9 +478,9 @@ class Remote:
                     await result
         except Exception:
             log.exception("connect hook failed for %s: closing", self.remote_address)
-            self._session.close("rejected by a connect hook", anyio.current_time())
+            self._session.close("rejected by a connect hook", self._loop_time())
         else:
-            self._session.start(anyio.current_time())
+            self._session.start(self._loop_time())
         self._kick()
 
     async def _disconnect_hooks(self) -> None:
@@ -536,86 +524,38 @@ class Remote:
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                tg.start_soon(self._write_loop)
                 tg.start_soon(self._timer_loop)
-                tg.start_soon(self._read_loop)
+                self._wire.start(self, tg)
+                self._kick()
                 task_status.started()
                 await self._closing.wait()
                 with anyio.move_on_after(FLUSH_TIMEOUT):  # write what is left
-                    while session.output_size or self._writing:
-                        await self._sleep_until_woken("drained")
+                    await self._wire.drain()
                 tg.cancel_scope.cancel()
         finally:
-            session.close(session.close_reason or "closed locally", anyio.current_time())
+            session.close(session.close_reason or "closed locally", self._loop_time())
             self._kick()  # (every call settled, every handler interrupted)
             with anyio.CancelScope(shield=True):
                 with anyio.move_on_after(FLUSH_TIMEOUT):
                     try:
-                        await self._stream.aclose()
-                    except Exception:  # the stream is going away: nothing more to tell
+                        await self._wire.aclose()
+                    except Exception:  # the connection is going away: nothing more to tell
                         pass
                 await self._disconnect_hooks()
             self._finished.set()
-
-    async def _read_loop(self) -> None:
-        session, stream = self._session, self._stream
-        try:
-            while True:
-                state = self._kick()
-                if not session.reading:
-                    return
-                if state is PAUSED:
-                    await self._sleep_until_woken("drained")
-                    continue
-                try:
-                    data = await stream.receive(_READ_SIZE)
-                except anyio.EndOfStream:
-                    data = b""  # the peer sends nothing more, but may still read our answers
-                except _CLOSED_ERRORS as exc:
-                    # Reset or closed under us: nobody will read an answer, so stop at once.
-                    reason = f"connection lost: {exc!r}" if str(exc) else "connection lost"
-                    session.close(reason, anyio.current_time(), abort=True)
-                    self._kick()
-                    return
-                session.receive_data(data, anyio.current_time())
-        except Exception:
-            log.exception("reader of %s failed", self.remote_address)
-            session.close("internal error", anyio.current_time())
-            self._kick()
-
-    async def _write_loop(self) -> None:
-        session, stream = self._session, self._stream
-        while True:
-            data = session.data_to_send()
-            if not data:
-                self._wake("drained")
-                await self._sleep_until_woken("write")
-                continue
-            self._writing = True
-            try:
-                await stream.send(data)
-            except _CLOSED_ERRORS as exc:
-                session.close(f"write failed: {exc!r}", anyio.current_time(), abort=True)
-                self._kick()
-                return
-            finally:
-                self._writing = False
-            if session.output_size <= session.write_buffer_size:
-                self._kick()  # (work held back while our output was over its bound may start)
 
     async def _timer_loop(self) -> None:
         session = self._session
         while True:
             at = session.get_timer()
             self._timer_at = math.inf if at is None else at
-            now = anyio.current_time()
+            now = self._loop_time()
             if at is not None and at <= now:
                 session.handle_timer(now)
-            elif at is None:
-                await self._sleep_until_woken("timer")
             else:
-                with anyio.move_on_after(at - now):
-                    await self._sleep_until_woken("timer")
+                with anyio.move_on_after(math.inf if at is None else at - now):
+                    await self._timer_wanted.wait()
+                self._timer_wanted = anyio.Event()
             self._kick()
 
 
@@ -687,8 +627,8 @@ class Client(Hooks):
     async def _connect(
         self, addr: Address, opts: Options, timeout: float | None, server_hostname: str | None
     ) -> AsyncIterator[Remote]:
-        stream = await open_stream(addr, opts, timeout=timeout, server_hostname=server_hostname)
-        async with _running(Remote(stream, self, opts)) as remote:
+        wire = await open_wire(addr, opts, timeout=timeout, server_hostname=server_hostname)
+        async with _running(Remote(wire, self, opts)) as remote:
             log.info("connected to %s", remote.remote_address)
             if opts.auth_token is not None:
                 await remote.request(AUTH_METHOD, {"token": opts.auth_token}, timeout=timeout or AUTH_TIMEOUT)
@@ -736,7 +676,7 @@ class Client(Hooks):
         stream = StapledByteStream(process.stdin, process.stdout)
         try:
             async with _running(
-                Remote(stream, self, opts, description=f"subprocess:{process.pid}")
+                Remote(StreamWire(stream, f"subprocess:{process.pid}"), self, opts)
             ) as remote:
                 remote.data["process"] = process
                 yield remote
@@ -882,36 +822,49 @@ class Server(ServerBase[Remote]):
         if self._stop_requested:
             self._stop.set()
         parsed = [parse_address(a) for a in (addresses or (DEFAULT_ADDRESS,))]
-        listeners: list[anyio.abc.Listener[Any]] = []
+        options = self.options
+        sockets: list[tuple[socket.socket, Address]] = []
+        listeners: list[anyio.abc.Listener[Any] | asyncio.AbstractServer] = []
         unix_paths: list[str] = []
         try:
             for addr in parsed:
                 if addr.kind != "stdio":
-                    listener = await self._listen(addr)
-                    listeners.append(listener)
-                    self.addresses += bound_addresses(listener, addr)
+                    sockets += [(sock, addr) for sock in listen_sockets(addr, options.unix_mode)]
                     if addr.kind == "unix":
                         unix_paths.append(addr.path)
+            self.addresses = [format_sockaddr(sock.family, sock.getsockname()) for sock, _ in sockets]
             stdio = any(a.kind == "stdio" for a in parsed)
             if stdio:
                 self.addresses.append("stdio")
             async with anyio.create_task_group() as connections:
                 async with anyio.create_task_group() as accepting:
-                    for listener in listeners:
-                        accepting.start_soon(listener.serve, self._handle, connections)
+                    for sock, addr in sockets:
+                        if options.ssl is None and on_asyncio():  # the protocol wire
+                            accepted = functools.partial(self._accepted, connections)
+                            server = await asyncio.get_running_loop().create_server(
+                                functools.partial(ProtocolWire, accepted), sock=sock
+                            )
+                            listeners.append(server)
+                            continue
+                        listener: anyio.abc.Listener[Any] = await SocketListener.from_socket(sock)
+                        if options.ssl is not None and addr.kind == "tcp":
+                            listener = TLSListener(listener, options.ssl, standard_compatible=False)
+                        listeners.append(listener)
+                        accepting.start_soon(listener.serve, self._handle_stream, connections)
+                    sockets.clear()  # (the listeners own them now)
                     if stdio:
                         accepting.start_soon(self._serve_stdio)
                     self._log_listening()
                     task_status.started(list(self.addresses))
                     await self._stop.wait()
                     accepting.cancel_scope.cancel()
-                for listener in listeners:
-                    await listener.aclose()
+                await _close_listeners(listeners)
                 await self._shut_down()
         finally:
             with anyio.CancelScope(shield=True):
-                for listener in listeners:
-                    await listener.aclose()
+                await _close_listeners(listeners)
+            for sock, _ in sockets:
+                sock.close()
             for path in unix_paths:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
@@ -923,40 +876,34 @@ class Server(ServerBase[Remote]):
         remotes = list(self.remotes)
         self._log_shutdown(len(remotes))
         for remote in remotes:
-            remote._session.shutdown(anyio.current_time())
+            remote._session.shutdown(remote._loop_time())
             remote._kick()
         for remote in remotes:
             await remote._finished.wait()
 
     async def _serve_stdio(self) -> None:
-        await self._handle(stdio_stream())
+        await self._handle(StreamWire(stdio_stream()))
         self.shutdown()  # stdin is closed: nothing more can come
 
-    async def _listen(self, addr: Address) -> anyio.abc.Listener[Any]:
-        options = self.options
+    def _accepted(self, connections: anyio.abc.TaskGroup, wire: ProtocolWire) -> None:
+        """A connection accepted by asyncio (a loop callback): served in a task of its own."""
+        token = sniffio.current_async_library_cvar.set("asyncio")
         try:
-            if addr.kind == "tcp":
-                listener: anyio.abc.Listener[Any] = await anyio.create_tcp_listener(
-                    local_host=addr.host, local_port=addr.port
-                )
-                if options.ssl is not None:
-                    listener = TLSListener(listener, options.ssl, standard_compatible=False)
-                return listener
-            free_unix_path(addr.path)
-            return await anyio.create_unix_listener(addr.path, mode=options.unix_mode)
-        except OSError as exc:
-            raise bind_error(str(addr), exc) from exc
+            connections.start_soon(self._handle, wire)
+        finally:
+            sniffio.current_async_library_cvar.reset(token)
 
-    async def _handle(self, stream: anyio.abc.ByteStream) -> None:
-        remote = Remote(stream, self, self.options, server=self)
-        where = remote.remote_address
-        refusal = self._refusal(remote.peer_credentials, where, len(self._remotes))
+    async def _handle_stream(self, stream: anyio.abc.ByteStream) -> None:
+        await self._handle(StreamWire(stream))
+
+    async def _handle(self, wire: Wire) -> None:
+        where = wire.peer
+        refusal = self._refusal(wire.credentials, where, len(self._remotes))
         if refusal is not None:
-            if refusal:
-                with anyio.move_on_after(1.0), contextlib.suppress(Exception):
-                    await stream.send(refusal)
-            await anyio.aclose_forcefully(stream)
+            with anyio.move_on_after(1.0), contextlib.suppress(Exception):
+                await wire.refuse(refusal)
             return
+        remote = Remote(wire, self, self.options, server=self)
         self._add(remote, where)
         try:
             await remote._run()
@@ -990,6 +937,15 @@ class Server(ServerBase[Remote]):
 
     bcast_notif = broadcast  # the original EZ-IPC's names
     bcast_request = broadcast_request
+
+
+async def _close_listeners(listeners: list[anyio.abc.Listener[Any] | asyncio.AbstractServer]) -> None:
+    for listener in listeners:
+        if isinstance(listener, anyio.abc.Listener):
+            await listener.aclose()
+        else:
+            listener.close()  # asyncio's (or uvloop's, not an AbstractServer subclass)
+    listeners.clear()
 
 
 def _alone(group: BaseExceptionGroup[Any]) -> BaseException:

@@ -1,27 +1,62 @@
-"""The async driver's transports: opening streams (with errors that name the address),
-this process's stdio as a byte stream, TLS that logs a failed handshake in one line, and
-ending a child process."""
+"""The async driver's wires: how a connection's bytes move between its transport and its
+session. Two kinds, one interface (``Wire``):
+
+* ``StreamWire``: any anyio byte stream (trio, TLS, stdio, a child's pipes), with a reader
+  task and a writer task;
+* ``ProtocolWire``: an asyncio ``Protocol`` on a plain TCP or Unix socket (asyncio and
+  uvloop), with no task at all: ``data_received`` feeds the session and what it produces
+  goes out in the same step, through ``transport.write``.
+
+Plus opening connections and listening (with errors that name the address), this
+process's stdio as a byte stream, TLS that logs a failed handshake in one line, and
+ending a child process.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
 import stat
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
+import sniffio
+from anyio.streams.tls import TLSAttribute
 from anyio.streams.tls import TLSListener as _AnyioTLSListener
+
+from ezipc_proto import FLUSH_TIMEOUT
 
 from ._address import Address
 from ._options import Options
-from ._peer import format_sockaddr
+from ._peer import PeerCredentials, format_sockaddr, peer_credentials
 from ._registry import log
 from ._serving import ConnectError, ConnectTimeout
 
-__all__ = ["TLSListener", "bound_addresses", "describe", "end_process", "open_stream", "stdio_stream"]
+if TYPE_CHECKING:
+    from ._async import Remote
+
+__all__ = [
+    "Wire",
+    "StreamWire",
+    "ProtocolWire",
+    "TLSListener",
+    "describe",
+    "end_process",
+    "open_wire",
+    "on_asyncio",
+    "stdio_stream",
+]
 
 _READ_SIZE = 65536
+#: Up to this many bytes, the reader writes what handling a chunk produced itself rather
+#: than waking the writer: a task switch less per message, and a small write is taken by
+#: the kernel at once (unless the peer does not read: then the reader waits with it).
+_SEND_DIRECTLY = 65536
+_CLOSED_ERRORS = (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError)
 
 
 def describe(family: Any, address: Any) -> str:
@@ -30,24 +65,347 @@ def describe(family: Any, address: Any) -> str:
     return format_sockaddr(family, address)
 
 
-async def open_stream(
+def on_asyncio() -> bool:
+    """Is this asyncio (or uvloop), where the protocol wire can be used?"""
+    return sniffio.current_async_library() == "asyncio"
+
+
+class Wire:
+    """How a ``Remote``'s bytes move. ``local``, ``peer``, ``certificate`` and
+    ``credentials`` describe the connection; ``start(remote, tg)`` begins moving bytes;
+    ``output_ready()`` says the session has bytes to write; ``set_reading(on)`` pauses or
+    resumes reading (the session said PAUSED); ``drain()`` waits until everything is
+    written; ``aclose()`` closes."""
+
+    local = peer = ""
+    certificate: dict[str, Any] | None = None
+    credentials: PeerCredentials | None = None
+    remote: Remote
+
+    def start(self, remote: Remote, tg: anyio.abc.TaskGroup) -> None:
+        raise NotImplementedError
+
+    def output_ready(self) -> None:
+        raise NotImplementedError
+
+    def set_reading(self, on: bool) -> None:
+        raise NotImplementedError
+
+    async def drain(self) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def refuse(self, data: bytes) -> None:
+        """Write ``data`` (if any) and close: a connection the server will not serve."""
+        raise NotImplementedError
+
+    def _describe(self, family: Any, local: Any, peer: Any, raw: socket.socket | None) -> None:
+        self.local = describe(family, local)
+        self.peer = describe(family, peer)
+        self.credentials = peer_credentials(raw) if raw is not None else None
+        if self.peer == "unix:" and self.credentials is not None:
+            self.peer = f"unix:pid={self.credentials.pid},uid={self.credentials.uid}"
+
+
+class StreamWire(Wire):
+    """An anyio byte stream: a reader task and a writer task."""
+
+    def __init__(self, stream: anyio.abc.ByteStream, description: str | None = None) -> None:
+        self.stream = stream
+        extra = stream.extra
+        family = extra(anyio.abc.SocketAttribute.family, None)
+        self._describe(
+            family,
+            extra(anyio.abc.SocketAttribute.local_address, None),
+            extra(anyio.abc.SocketAttribute.remote_address, None),
+            extra(anyio.abc.SocketAttribute.raw_socket, None),
+        )
+        if description is not None:
+            self.peer = description
+        self.certificate = extra(TLSAttribute.peer_certificate, None)
+        self._writing = False
+        self._reading = True
+        self._write_wanted = anyio.Event()
+        self._drained = anyio.Event()
+
+    def start(self, remote: Remote, tg: anyio.abc.TaskGroup) -> None:
+        self.remote = remote
+        tg.start_soon(self._write_loop)
+        tg.start_soon(self._read_loop)
+
+    def output_ready(self) -> None:
+        if not self._writing:
+            self._write_wanted.set()
+
+    def set_reading(self, on: bool) -> None:
+        self._reading = on
+
+    async def drain(self) -> None:
+        session = self.remote._session
+        while session.output_size or self._writing:
+            self._write_wanted.set()
+            await self._wait_drained()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+    async def refuse(self, data: bytes) -> None:
+        try:
+            if data:
+                await self.stream.send(data)
+        finally:
+            await anyio.aclose_forcefully(self.stream)
+
+    async def _wait_drained(self) -> None:
+        if self._drained.is_set():
+            self._drained = anyio.Event()
+        await self._drained.wait()
+
+    async def _read_loop(self) -> None:
+        remote, stream = self.remote, self.stream
+        session = remote._session
+        try:
+            while True:
+                remote._kick()
+                if not session.reading:
+                    return
+                if not self._reading:  # our output is over its bound: the peer does not read
+                    await self._wait_drained()
+                    continue
+                if session.output_size and not self._writing and session.output_size <= _SEND_DIRECTLY:
+                    await self._send(session.data_to_send())
+                    continue
+                try:
+                    data = await stream.receive(_READ_SIZE)
+                except anyio.EndOfStream:
+                    data = b""  # the peer sends nothing more, but may still read our answers
+                except _CLOSED_ERRORS:
+                    # Reset or closed under us: nobody will read an answer, so stop at once.
+                    session.close("connection lost", anyio.current_time(), abort=True)
+                    remote._kick()
+                    return
+                session.receive_data(data, anyio.current_time())
+        except Exception:
+            log.exception("reader of %s failed", self.peer)
+            session.close("internal error", anyio.current_time())
+            remote._kick()
+
+    async def _write_loop(self) -> None:
+        session = self.remote._session
+        while True:
+            if self._writing:  # the reader is sending what its chunk produced
+                await self._wait_drained()
+                continue
+            data = session.data_to_send()
+            if not data:
+                self._drained.set()
+                await self._write_wanted.wait()
+                self._write_wanted = anyio.Event()
+                continue
+            if not await self._send(data):
+                return
+
+    async def _send(self, data: bytes) -> bool:
+        remote = self.remote
+        session = remote._session
+        self._writing = True
+        try:
+            await self.stream.send(data)
+        except _CLOSED_ERRORS as exc:
+            session.close(f"write failed: {exc!r}", anyio.current_time(), abort=True)
+            remote._kick()
+            return False
+        finally:
+            self._writing = False
+            self._drained.set()  # (the writer may wait for the reader's send)
+        if session.output_size <= session.write_buffer_size:
+            remote._kick()  # (work held back while our output was over its bound may start)
+        return True
+
+
+class ProtocolWire(asyncio.Protocol, Wire):
+    """A plain socket on asyncio (or uvloop): the loop calls ``data_received``, which
+    feeds the session and does what it says; what that produces is written at once. The
+    first write of a loop iteration goes out at once; the rest of that iteration's are
+    coalesced into one write at its end. ``on_connect`` is called with the wire once the
+    transport is there (a server's accept)."""
+
+    def __init__(self, on_connect: Callable[[ProtocolWire], None] | None = None) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._on_connect = on_connect
+        self._early: list[bytes] = []  # received before the Remote was attached
+        self._holding = False  # a write went out this loop iteration: coalesce the rest
+        self._blocked = False  # the transport's buffer is over its high-water mark
+        self._reading = True
+        self._lost: asyncio.Future[None] | None = None
+        self._drained: asyncio.Future[None] | None = None
+        self.attached = False
+
+    # ---- asyncio's side -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # (uvloop's is not a subclass)
+        raw = transport.get_extra_info("socket")
+        family = raw.family if raw is not None else None
+        self._describe(
+            family, transport.get_extra_info("sockname"), transport.get_extra_info("peername"), raw
+        )
+        self._lost = asyncio.get_running_loop().create_future()
+        if self._on_connect is not None:
+            self._on_connect(self)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.attached:
+            self._early.append(data)
+            return
+        self._receive(data)
+
+    def eof_received(self) -> bool:
+        if not self.attached:
+            self._early.append(b"")
+        else:
+            self._receive(b"")
+        return True  # keep the transport open: the peer may still read our answers
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+        if self.attached:
+            token = sniffio.current_async_library_cvar.set("asyncio")  # (a loop callback)
+            try:
+                remote = self.remote
+                remote._session.close("connection lost", remote._loop_time(), abort=True)
+                remote._kick()
+            finally:
+                sniffio.current_async_library_cvar.reset(token)
+
+    def pause_writing(self) -> None:
+        self._blocked = True
+
+    def resume_writing(self) -> None:
+        self._blocked = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        if self.attached:
+            token = sniffio.current_async_library_cvar.set("asyncio")
+            try:
+                self.output_ready()
+                self.remote._kick()  # (reading, and work held back, may go on)
+            finally:
+                sniffio.current_async_library_cvar.reset(token)
+
+    def _receive(self, data: bytes) -> None:
+        token = sniffio.current_async_library_cvar.set("asyncio")  # anyio, from a loop callback
+        try:
+            remote = self.remote
+            remote._session.receive_data(data, remote._loop_time())
+            remote._kick()
+        finally:
+            sniffio.current_async_library_cvar.reset(token)
+
+    # ---- the Remote's side ----------------------------------------------------------
+
+    def start(self, remote: Remote, tg: anyio.abc.TaskGroup) -> None:
+        self.remote = remote
+        self.attached = True
+        early, self._early = self._early, []
+        for data in early:
+            self._receive(data)
+
+    def output_ready(self) -> None:
+        transport = self.transport
+        if self._holding or self._blocked or transport is None or transport.is_closing():
+            return
+        data = self.remote._session.data_to_send()
+        if data:
+            transport.write(data)
+            self._holding = True
+            asyncio.get_running_loop().call_soon(self._release)
+
+    def _release(self) -> None:
+        self._holding = False
+        if self.remote._session.output_size or not self._reading:
+            # What this iteration produced after its first write; and reading, paused
+            # while that output was over its bound, may go on.
+            token = sniffio.current_async_library_cvar.set("asyncio")  # (a loop callback)
+            try:
+                self.remote._kick()
+            finally:
+                sniffio.current_async_library_cvar.reset(token)
+
+    def set_reading(self, on: bool) -> None:
+        transport = self.transport
+        if on != self._reading and transport is not None and not transport.is_closing():
+            self._reading = on
+            if on:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
+
+    async def drain(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self._holding = False
+        self.output_ready()
+        transport.set_write_buffer_limits(high=0)  # resume_writing once it is all written
+        if transport.get_write_buffer_size():
+            self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
+
+    async def refuse(self, data: bytes) -> None:
+        if self.transport is not None:
+            if data:
+                self.transport.write(data)
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        transport.close()  # (writes what it holds first)
+        if self._lost is not None:
+            with anyio.move_on_after(FLUSH_TIMEOUT):
+                await self._lost
+                return
+        transport.abort()
+
+
+# ---- opening connections -----------------------------------------------------------------
+
+
+async def open_wire(
     address: Address, options: Options, *, timeout: float | None, server_hostname: str | None
-) -> anyio.abc.ByteStream:
-    """A connected stream to ``address`` (within ``timeout`` seconds), or ConnectError."""
+) -> Wire:
+    """A connected wire to ``address`` (within ``timeout`` seconds), or ConnectError."""
     if address.kind == "stdio":
-        return stdio_stream()
+        return StreamWire(stdio_stream())
     try:
         with anyio.fail_after(timeout):
+            if options.ssl is None and on_asyncio():
+                loop = asyncio.get_running_loop()
+                if address.kind == "unix":
+                    _, wire = await loop.create_unix_connection(ProtocolWire, address.path)
+                else:
+                    _, wire = await loop.create_connection(ProtocolWire, address.host, address.port)
+                    wire.transport.get_extra_info("socket").setsockopt(  # type: ignore[union-attr]
+                        socket.IPPROTO_TCP, socket.TCP_NODELAY, 1
+                    )
+                return wire
             if address.kind == "unix":
-                return await anyio.connect_unix(address.path)
+                return StreamWire(await anyio.connect_unix(address.path))
             if options.ssl is None:
-                return await anyio.connect_tcp(address.host, address.port)
-            return await anyio.connect_tcp(
-                address.host,
-                address.port,
-                ssl_context=options.ssl,
-                tls_hostname=server_hostname or address.host,
-                tls_standard_compatible=False,
+                return StreamWire(await anyio.connect_tcp(address.host, address.port))
+            return StreamWire(
+                await anyio.connect_tcp(
+                    address.host,
+                    address.port,
+                    ssl_context=options.ssl,
+                    tls_hostname=server_hostname or address.host,
+                    tls_standard_compatible=False,
+                )
             )
     except TimeoutError as exc:
         raise ConnectTimeout(str(address), f"timed out after {timeout}s") from exc
@@ -62,19 +420,6 @@ def _first_cause(exc: OSError) -> BaseException:
     if inner:
         return inner[0]  # type: ignore[no-any-return]
     return exc
-
-
-def bound_addresses(listener: anyio.abc.Listener[Any], addr: Address) -> list[str]:
-    """Every address ``listener`` listens on (the real port for port 0)."""
-    if isinstance(listener, _AnyioTLSListener):
-        listener = listener.listener
-    inner = getattr(listener, "listeners", [listener])
-    out = []
-    for one in inner:
-        family = one.extra(anyio.abc.SocketAttribute.family, None)
-        local = one.extra(anyio.abc.SocketAttribute.local_address, None)
-        out.append(format_sockaddr(family, local) if family is not None else str(addr))
-    return out
 
 
 class TLSListener(_AnyioTLSListener):
@@ -119,6 +464,9 @@ async def end_process(process: anyio.abc.Process, timeout: float) -> None:
     except ProcessLookupError:
         return
     await process.wait()
+
+
+# ---- this process's stdio as a byte stream ------------------------------------------------
 
 
 class FdStream(anyio.abc.ByteStream):

@@ -52,9 +52,9 @@ from ezipc_proto import (
 from ._address import DEFAULT_ADDRESS, Address, parse_address
 from ._blocking_io import Loop, PipeStream, SocketStream, Stream, TLSStream, monotonic
 from ._options import Options, Stats
-from ._peer import PeerCredentials, format_sockaddr, free_unix_path, peer_credentials
+from ._peer import PeerCredentials, format_sockaddr, peer_credentials
 from ._registry import Handler, Hooks, call_handler, log, not_found
-from ._serving import ConnectError, ServerBase, announcing, bind_error
+from ._serving import ConnectError, ServerBase, announcing, listen_sockets
 
 __all__ = ["Remote", "Client", "Server", "connect", "connect_subprocess"]
 
@@ -528,7 +528,7 @@ class Remote:
         self._ended = True  # the loop no longer serves it: only the linger reads on
         self._loop.watch(self._stream.rfd, read=None, write=None)
         self._loop.watch(self._stream.wfd, read=None, write=None)
-        if self._lost:
+        if self._lost or left:  # (what could not be written in time is lost anyway)
             self._end()
         else:
             _linger(self._loop, self._stream, _LINGER, self._end, self._lock)
@@ -934,13 +934,11 @@ class Server(ServerBase[Remote]):
         self._pool = ThreadPoolExecutor(self.options.max_workers, "ezipc-worker", initializer=_mark_ours)
         try:
             for addr in parsed:
-                if addr.kind == "tcp":
-                    socks = _listen_tcp(addr)
-                elif addr.kind == "unix":
-                    socks = [_listen_unix(addr.path, self.options.unix_mode)]
-                    unix_paths.append(addr.path)
-                else:
+                if addr.kind == "stdio":
                     continue
+                socks = listen_sockets(addr, self.options.unix_mode)
+                if addr.kind == "unix":
+                    unix_paths.append(addr.path)
                 for sock in socks:
                     self._listeners.append(sock)
                     sock.setblocking(False)
@@ -1159,51 +1157,3 @@ class Server(ServerBase[Remote]):
 
     bcast_notif = broadcast  # the original EZ-IPC's names
     bcast_request = broadcast_request
-
-
-def _listen_tcp(addr: Address) -> list[socket.socket]:
-    """Listening sockets for every address ``addr.host`` resolves to (one port for all)."""
-    try:
-        infos = socket.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except OSError as exc:
-        raise bind_error(str(addr), exc) from exc
-    socks: list[socket.socket] = []
-    port = addr.port
-    seen = set()
-    try:
-        for family, _, _, _, sockaddr in infos:
-            if (family, sockaddr[0]) in seen:
-                continue
-            seen.add((family, sockaddr[0]))
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            socks.append(sock)
-            if os.name == "posix":
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind((sockaddr[0], port, *sockaddr[2:]))
-            sock.listen(socket.SOMAXCONN)
-            port = sock.getsockname()[1]
-    except BaseException as exc:
-        for sock in socks:
-            sock.close()
-        if isinstance(exc, OSError):
-            raise bind_error(str(addr), exc) from exc
-        raise
-    return socks
-
-
-def _listen_unix(path: str, mode: int) -> socket.socket:
-    try:
-        free_unix_path(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(path)
-            os.chmod(path, mode)  # before listen(): nobody can connect in between
-            sock.listen(socket.SOMAXCONN)
-        except BaseException:
-            sock.close()
-            raise
-    except OSError as exc:
-        raise bind_error(f"unix:{path}", exc) from exc
-    return sock

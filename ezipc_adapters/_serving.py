@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Iterable, Iterator
@@ -14,13 +16,14 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from ezipc_proto import Connection, ConnectionClosed, Error, ErrorCode, LimitExceeded
 
+from ._address import Address
 from ._options import Options
-from ._peer import PeerCredentials
+from ._peer import PeerCredentials, free_unix_path
 from ._registry import Hooks, log
 
 _ANNOUNCE = {"announce": True}
 
-__all__ = ["ServerBase", "ConnectError", "ConnectTimeout", "bind_error", "announcing"]
+__all__ = ["ServerBase", "ConnectError", "ConnectTimeout", "bind_error", "announcing", "listen_sockets"]
 
 
 class _Peer(Protocol):
@@ -190,3 +193,58 @@ def announcing() -> Iterator[None]:
     finally:
         log.removeHandler(ours)
         log.setLevel(previous)
+
+
+def listen_sockets(addr: Address, unix_mode: int) -> list[socket.socket]:
+    """Listening sockets for a ``tcp://`` or ``unix:`` address (OSError naming it if not)."""
+    if addr.kind == "unix":
+        return [_listen_unix(addr.path, unix_mode)]
+    return _listen_tcp(addr)
+
+
+def _listen_tcp(addr: Address) -> list[socket.socket]:
+    """Listening sockets for every address ``addr.host`` resolves to (one port for all)."""
+    try:
+        infos = socket.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise bind_error(str(addr), exc) from exc
+    socks: list[socket.socket] = []
+    port = addr.port
+    seen = set()
+    try:
+        for family, _, _, _, sockaddr in infos:
+            if (family, sockaddr[0]) in seen:
+                continue
+            seen.add((family, sockaddr[0]))
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(sock)
+            if os.name == "posix":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((sockaddr[0], port, *sockaddr[2:]))
+            sock.listen(socket.SOMAXCONN)
+            port = sock.getsockname()[1]
+    except BaseException as exc:
+        for sock in socks:
+            sock.close()
+        if isinstance(exc, OSError):
+            raise bind_error(str(addr), exc) from exc
+        raise
+    return socks
+
+
+def _listen_unix(path: str, mode: int) -> socket.socket:
+    try:
+        free_unix_path(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            os.chmod(path, mode)  # before listen(): nobody can connect in between
+            sock.listen(socket.SOMAXCONN)
+        except BaseException:
+            sock.close()
+            raise
+    except OSError as exc:
+        raise bind_error(f"unix:{path}", exc) from exc
+    return sock

@@ -278,13 +278,13 @@ def test_no_address_means_the_original_port_9002(monkeypatch: pytest.MonkeyPatch
     import ezipc_adapters._blocking as impl
 
     asked: list[str] = []
-    listen = impl._listen_tcp
+    listen = impl.listen_sockets
 
-    def listen_on_port_0(addr: Any) -> Any:  # (tests never take a fixed port)
+    def listen_on_port_0(addr: Any, mode: int) -> Any:  # (tests never take a fixed port)
         asked.append(str(addr))
-        return listen(type(addr)("tcp", host=addr.host, port=0))
+        return listen(type(addr)("tcp", host=addr.host, port=0), mode)
 
-    monkeypatch.setattr(impl, "_listen_tcp", listen_on_port_0)
+    monkeypatch.setattr(impl, "listen_sockets", listen_on_port_0)
     server = Server()
     server.hook_request("ping", lambda: "pong")
     (address,) = server.serve_in_thread()  # no address

@@ -220,7 +220,7 @@ class Harness:
         with anyio.move_on_after(timeout):
             while self.server.remotes:
                 await anyio.sleep(0.01)
-        left = [(r, r._close_reason, r.stats.as_dict()) for r in self.server.remotes]
+        left = [(r, r._session.close_reason, r.stats.as_dict()) for r in self.server.remotes]
         assert not left, f"connections still open {timeout}s after their clients left: {left}"
         await anyio.sleep(0.02)  # let transports run their last callbacks
 
@@ -263,7 +263,7 @@ class Harness:
         after = self.measure()
         base = self.base
         remotes = _live(Remote)
-        details = [(r, r._close_reason, r._waiters, r._scopes, r._running, r._backlog) for r in remotes]
+        details = [(r, r._session, r._session.close_reason, r.stats.as_dict()) for r in remotes]
         del remotes
         growth = after["memory"] - base["memory"]
         result = {
