@@ -67,6 +67,8 @@ if sys.version_info < (3, 11):
 __all__ = ["Call", "Sent", "BatchCall", "Remote", "Server", "Client", "connect", "connect_subprocess"]
 
 T = TypeVar("T")
+#: Results that are plainly not awaitable: inspect.isawaitable's ABC check costs ~1.5 µs.
+_PLAIN = frozenset((int, str, float, bool, list, dict, type(None)))
 _HOOK_TIMEOUT = 10.0  # how long disconnect hooks may take once the connection has ended
 
 
@@ -300,8 +302,12 @@ class Remote:
         async) runs when the call finishes, however it finishes. Raises at once
         ``ConnectionClosed`` or ``LimitExceeded`` (nothing sent)."""
         call = Call(self, method, callback)
-        call.id = self._session.request(method, params, now=self._loop_time(), timeout=timeout, waiter=call)
-        self._kick()
+        session = self._session
+        call.id = session.request(method, params, now=self._loop_time(), timeout=timeout, waiter=call)
+        # (a request makes no event to act on: the wire takes it, the timer may be nearer)
+        self._wire.output_ready()
+        if timeout is not None or session.request_timeout is not None:
+            self._kick()
         return call
 
     def notify(self, method: str, params: Any = None) -> Sent:
@@ -370,12 +376,8 @@ class Remote:
                     ev.waiter._settle(ev.result, ev.error)  # type: ignore[union-attr]
                 elif kind is Job:
                     self._run_job(ev)  # type: ignore[arg-type]
-                elif ev is NEED_DATA:
+                elif ev is NEED_DATA or ev is PAUSED:
                     break
-                elif ev is PAUSED:
-                    wire.output_ready()  # (if the wire takes it at once, go on)
-                    if session.output_size > session.write_buffer_size:
-                        break
                 elif kind is Interrupt:
                     context = ev.job.context  # type: ignore[union-attr]
                     if context is not None:
@@ -434,7 +436,7 @@ class Remote:
             except Exception as exc:
                 session.fail(job, exc, self._loop_time())
                 return
-            if not inspect.isawaitable(result):
+            if type(result) in _PLAIN or not inspect.isawaitable(result):
                 session.answer(job, result, self._loop_time())
                 return
             awaitable = result  # a plain function that returned an awaitable

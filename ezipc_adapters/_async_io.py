@@ -220,23 +220,25 @@ class StreamWire(Wire):
         finally:
             self._writing = False
             self._drained.set()  # (the writer may wait for the reader's send)
-        if session.output_size <= session.write_buffer_size:
-            remote._kick()  # (work held back while our output was over its bound may start)
+        if not self._reading and session.output_size <= session.write_buffer_size:
+            remote._kick()  # reading, and work held back while our output was over its bound, go on
         return True
 
 
 class ProtocolWire(asyncio.Protocol, Wire):
     """A plain socket on asyncio (or uvloop): the loop calls ``data_received``, which
-    feeds the session and does what it says; what that produces is written at once. The
-    first write of a loop iteration goes out at once; the rest of that iteration's are
-    coalesced into one write at its end. ``on_connect`` is called with the wire once the
-    transport is there (a server's accept)."""
+    feeds the session and does what it says; what that produced is written when it is
+    done, in one write. What tasks produce (requests, async handlers' answers) is written
+    at the end of the loop iteration, all of it in one write: 64 pipelined requests cost
+    one system call, not 64. ``on_connect`` is called with the wire once the transport is
+    there (a server's accept)."""
 
     def __init__(self, on_connect: Callable[[ProtocolWire], None] | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self._on_connect = on_connect
         self._early: list[bytes] = []  # received before the Remote was attached
-        self._holding = False  # a write went out this loop iteration: coalesce the rest
+        self._receiving = False  # in data_received: it writes when done
+        self._flush_soon = False  # a write is due at the end of this loop iteration
         self._blocked = False  # the transport's buffer is over its high-water mark
         self._reading = True
         self._lost: asyncio.Future[None] | None = None
@@ -291,7 +293,7 @@ class ProtocolWire(asyncio.Protocol, Wire):
         if self.attached:
             token = sniffio.current_async_library_cvar.set("asyncio")
             try:
-                self.output_ready()
+                self._write_now()
                 self.remote._kick()  # (reading, and work held back, may go on)
             finally:
                 sniffio.current_async_library_cvar.reset(token)
@@ -300,8 +302,13 @@ class ProtocolWire(asyncio.Protocol, Wire):
         token = sniffio.current_async_library_cvar.set("asyncio")  # anyio, from a loop callback
         try:
             remote = self.remote
-            remote._session.receive_data(data, remote._loop_time())
-            remote._kick()
+            self._receiving = True
+            try:
+                remote._session.receive_data(data, remote._loop_time())
+                remote._kick()
+            finally:
+                self._receiving = False
+            self._write_now()
         finally:
             sniffio.current_async_library_cvar.reset(token)
 
@@ -315,25 +322,28 @@ class ProtocolWire(asyncio.Protocol, Wire):
             self._receive(data)
 
     def output_ready(self) -> None:
+        if self._receiving or self._flush_soon:
+            return
+        self._flush_soon = True
+        asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_soon = False
+        token = sniffio.current_async_library_cvar.set("asyncio")  # (a loop callback)
+        try:
+            self._write_now()
+        finally:
+            sniffio.current_async_library_cvar.reset(token)
+
+    def _write_now(self) -> None:
         transport = self.transport
-        if self._holding or self._blocked or transport is None or transport.is_closing():
+        if self._blocked or transport is None or transport.is_closing():
             return
         data = self.remote._session.data_to_send()
         if data:
             transport.write(data)
-            self._holding = True
-            asyncio.get_running_loop().call_soon(self._release)
-
-    def _release(self) -> None:
-        self._holding = False
-        if self.remote._session.output_size or not self._reading:
-            # What this iteration produced after its first write; and reading, paused
-            # while that output was over its bound, may go on.
-            token = sniffio.current_async_library_cvar.set("asyncio")  # (a loop callback)
-            try:
-                self.remote._kick()
-            finally:
-                sniffio.current_async_library_cvar.reset(token)
+        if not self._reading:  # paused while our output was over its bound: go on
+            self.remote._kick()
 
     def set_reading(self, on: bool) -> None:
         transport = self.transport
@@ -348,8 +358,7 @@ class ProtocolWire(asyncio.Protocol, Wire):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        self._holding = False
-        self.output_ready()
+        self._write_now()
         transport.set_write_buffer_limits(high=0)  # resume_writing once it is all written
         if transport.get_write_buffer_size():
             self._drained = asyncio.get_running_loop().create_future()

@@ -40,6 +40,7 @@ class Loop:
         self._wake_w.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, [self._drain_wakeups, None])
         self._lock = threading.Lock()
+        self._watch_lock = threading.Lock()
         self._soon: list[_Callback] = []
         self._timers: list[tuple[float, int, Callable[[float], None]]] = []
         self._seq = itertools.count()
@@ -89,13 +90,16 @@ class Loop:
         threading.Thread(target=main, name=self.name, daemon=True).start()
         ready.wait()
 
-    # ---- the loop thread -------------------------------------------------------------
-
     def watch(
         self, fd: int, *, read: _Callback | bool | None = False, write: _Callback | bool | None = False
     ) -> bool:
         """Set what to call when ``fd`` is readable / writable (None: stop watching;
-        False: leave as is). False if ``fd`` cannot be watched (a regular file)."""
+        False: leave as is). False if ``fd`` cannot be watched (a regular file). From any
+        thread: the kernel lets epoll be changed while the loop waits on it."""
+        with self._watch_lock:
+            return self._watch(fd, read, write)
+
+    def _watch(self, fd: int, read: _Callback | bool | None, write: _Callback | bool | None) -> bool:
         key = self._selector.get_map().get(fd)
         callbacks = list(key.data) if key is not None else [None, None]
         if read is not False:
@@ -116,6 +120,8 @@ class Loop:
         except (OSError, ValueError):  # not pollable, or closed meanwhile
             return False
         return True
+
+    # ---- the loop thread -------------------------------------------------------------
 
     def run(self) -> None:
         self.ident = threading.get_ident()

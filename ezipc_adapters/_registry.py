@@ -52,6 +52,8 @@ class Handler:
         "wants_remote",
         "wants_cancelled",
         "_names",
+        "_name_set",
+        "_fast",
         "_required",
         "_simple",
         "_sig",
@@ -87,7 +89,9 @@ class Handler:
         self._sig = sig.replace(parameters=params)
         self._simple = all(p.kind is _POK for p in params)
         self._names = tuple(p.name for p in params)
+        self._name_set = frozenset(self._names)
         self._required = frozenset(p.name for p in params if p.default is _EMPTY)
+        self._fast = self._simple and not given  # (see bind)
 
     def __repr__(self) -> str:
         return f"<Handler {self.name!r} -> {getattr(self.fn, '__qualname__', self.fn)!r}>"
@@ -96,6 +100,15 @@ class Handler:
         self, params: Params, remote: object, cancelled: object = None
     ) -> tuple[tuple[Any, ...] | list[Any], dict[str, Any]]:
         """``(args, kwargs)`` to call the handler with; raises :class:`InvalidParams`."""
+        if self._fast:  # plain parameters, and params that fit: ~1 µs less per call
+            if type(params) is dict:
+                if self._required <= params.keys() <= self._name_set:
+                    return (), params
+            elif type(params) is list:
+                if len(self._required) <= len(params) <= len(self._names):
+                    return params, {}
+            elif params is None and not self._required:
+                return (), {}
         given: dict[str, Any] = {}
         if self.wants_remote:
             given["remote"] = remote

@@ -637,6 +637,20 @@ class Session:
     def answer(self, job: Job, result: Any, now: float) -> None:
         """``job``'s handler returned ``result`` (ignored for a notification)."""
         self._now = now
+        if job.state is JobState.RUNNING and not job.notification and self.phase is Phase.OPEN:
+            # The common case, shortened (as _respond, then _ended, do it): ~15% of a call.
+            self._owed.pop(job.id, None)
+            try:
+                data = self._conn.send(_response(job.id, result))
+            except LocalProtocolError:
+                self._respond(job, _response(job.id, result), job.method)  # (says why, instead)
+            else:
+                self._write(data)
+            job.state = JobState.DONE
+            del self._active[job]
+            if self._line:
+                self._pump()
+            return
         if self._outcome_dropped(job):
             return
         if not job.notification:
@@ -703,14 +717,19 @@ class Session:
         ``waiter``. Raises ``ConnectionClosed`` (the peer can no longer answer),
         ``LimitExceeded`` (``max_pending``, or over ``max_message_size``; nothing sent)
         or ``LocalProtocolError`` (not a valid request)."""
-        self._now = now
-        self._can_call(1)
+        self._now = self._last_activity = now
+        if self.phase is not Phase.OPEN or self._peer_eof or len(self._calls) >= self.max_pending:
+            self._can_call(1)  # (raises, or allows a request while authenticating or draining)
         conn = self._conn
         id = conn.next_id()
-        data = self._encode_call(lambda: conn.send(_outgoing(method, params, id, False)))
-        self._add_call(id, _Call(method, waiter), timeout, now)
+        try:
+            data = conn.send(_outgoing(method, params, id, False))
+        except LocalProtocolError as exc:
+            raise self._not_sent(exc) from None
+        call = self._calls[id] = _Call(method, waiter)
+        if timeout is not None or self.request_timeout is not None:
+            self._add_deadline(id, call, timeout, now)
         self._write(data)
-        self._last_activity = now
         return id
 
     def batch(
@@ -774,12 +793,20 @@ class Session:
         try:
             return send()  # type: ignore[no-any-return]
         except LocalProtocolError as exc:
-            if exc.error_code == ErrorCode.MESSAGE_TOO_LARGE:
-                raise LimitExceeded(f"{exc}: nothing was sent") from None
-            raise
+            raise self._not_sent(exc) from None
+
+    @staticmethod
+    def _not_sent(exc: LocalProtocolError) -> Exception:
+        """What to raise when a call cannot be sent: too large is a limit."""
+        if exc.error_code == ErrorCode.MESSAGE_TOO_LARGE:
+            return LimitExceeded(f"{exc}: nothing was sent")
+        return exc
 
     def _add_call(self, id: Id, call: _Call, timeout: float | None, now: float) -> None:
         self._calls[id] = call
+        self._add_deadline(id, call, timeout, now)
+
+    def _add_deadline(self, id: Id, call: _Call, timeout: float | None, now: float) -> None:
         if timeout is None:
             timeout = self.request_timeout
         if timeout is not None:
