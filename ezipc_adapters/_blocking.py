@@ -86,27 +86,51 @@ class _Waiter:
         if self.wake is not None:
             self.wake()
 
+    def _finished(self) -> bool:
+        return self.done
 
-class _FutureWaiter:
-    """``submit``: the outcome goes into a Future, and ``callback`` runs in a worker."""
 
-    __slots__ = ("future", "remote", "callback")
+class _CallFuture(Future[Any]):
+    """What ``submit`` returns: a ``concurrent.futures.Future`` whose ``result()`` (and
+    ``exception()``) reads the answer itself when it can, as a caller of ``request``
+    does; ``callback`` runs in a worker."""
 
     def __init__(self, remote: Remote, callback: Callable[[Future[Any]], Any] | None) -> None:
-        self.future: Future[Any] = Future()
-        self.remote = remote
-        self.callback = callback
+        super().__init__()
+        self._remote = remote
+        self._callback = callback
+        self.wake: Callable[[], None] | None = None
+
+    def _finished(self) -> bool:
+        return self.done()
 
     def _settle(self, result: Any, error: BaseException | None) -> None:
         try:
             if error is None:
-                self.future.set_result(result)
+                self.set_result(result)
             else:
-                self.future.set_exception(error)
+                self.set_exception(error)
         except Exception:  # cancelled by its owner meanwhile
             return
-        if self.callback is not None:
-            self.remote._submit(self.callback, self.future)
+        if self.wake is not None:
+            self.wake()
+        if self._callback is not None:
+            self._remote._submit(self._callback, self)
+
+    def result(self, timeout: float | None = None) -> Any:
+        return super().result(self._read(timeout))
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return super().exception(self._read(timeout))
+
+    def _read(self, timeout: float | None) -> float | None:
+        """Read for it (if it may); the time left of ``timeout``."""
+        remote = self._remote
+        if self.done() or not remote._caller_may_read or threading.get_ident() == remote._loop.ident:
+            return timeout
+        deadline = None if timeout is None else monotonic() + timeout
+        remote._read_for(self, deadline)
+        return None if deadline is None else max(0.0, deadline - monotonic())
 
 
 def _run_awaitable(value: Any) -> Any:
@@ -163,10 +187,12 @@ class Remote:
             now=monotonic(), name=remote_address, server=server is not None, framing=framing
         )
         self._paused = False  # the session said PAUSED: no reading until our output drains
+        self._writing = False  # a thread sends, outside the lock (see _take_output_locked)
+        self._combine = type(stream) is SocketStream or type(stream) is PipeStream
         # A caller of request() may read its own answer (a plain socket; one caller at a
         # time): a thread hop less, about 50 µs of a sequential call here.
         self._caller_may_read = type(stream) is SocketStream
-        self._caller_reading: _Waiter | None = None
+        self._caller_reading: _Waiter | _CallFuture | None = None
         self._reader_ident = 0
         self._wake_pipe: tuple[int, int] | None = None
         self._poller: Any = None  # (select.poll: made once)
@@ -253,8 +279,8 @@ class Remote:
         the peer to cancel. Callbacks added with ``future.add_done_callback`` run on the
         thread that completes the future (often the I/O thread): keep them short and
         never wait in them."""
-        waiter = _FutureWaiter(self, callback)
-        id = self._call(lambda s: s.request(method, params, now=monotonic(), timeout=timeout, waiter=waiter))
+        future = _CallFuture(self, callback)
+        id = self._call(lambda s: s.request(method, params, now=monotonic(), timeout=timeout, waiter=future))
 
         def cancelled(future: Future[Any]) -> None:
             if future.cancelled():
@@ -262,8 +288,8 @@ class Remote:
                 if callback is not None:
                     self._submit(callback, future)
 
-        waiter.future.add_done_callback(cancelled)
-        return waiter.future
+        future.add_done_callback(cancelled)
+        return future
 
     def _call_soon(self, method: str, params: Any, timeout: float | None) -> Future[Any]:
         return self.submit(method, params, timeout=timeout)
@@ -325,18 +351,22 @@ class Remote:
     # ---- driving the session (any thread) --------------------------------------------
 
     def _call(self, action: Callable[[Any], Any]) -> Any:
-        """Do ``action(session)`` under the lock, then act on what the session says."""
-        with self._lock:
-            result = action(self._session)
-        self._kick()
-        return result
+        """Do ``action(session)`` under the lock, then act on what the session says (in
+        the same turn of the lock: one acquisition less per call, which matters when
+        many threads share a connection)."""
+        return self._kick(action)
 
-    def _kick(self) -> None:
+    def _kick(self, action: Callable[[Any], Any] | None = None) -> Any:
         """Do what the session says until it needs bytes or our output to drain; write
-        what it produced; keep the loop watching what it should."""
+        what it produced; keep the loop watching what it should. ``action(session)``
+        first, if given (its result is returned)."""
         session = self._session
+        result = None
         while True:
             with self._lock:
+                if action is not None:
+                    result = action(session)
+                    action = None
                 events = []
                 while True:
                     ev = session.next_event()
@@ -344,30 +374,74 @@ class Remote:
                         self._paused = False
                         break
                     if ev is PAUSED:
-                        self._write_locked()  # (takes the session's output if the stream is empty)
+                        if not self._writing:
+                            self._write_locked()  # (takes the session's output if the stream is empty)
                         if session.output_size <= session.write_buffer_size:
                             continue
                         self._paused = True
                         break
                     events.append(ev)
-                self._write_locked()
+                out = self._take_output_locked()
                 at = session.get_timer()
                 schedule = at is not None and at < self._timer_at
                 if schedule:
                     self._timer_at = at  # type: ignore[assignment]
                 wanted = self._wanted_locked()
+            if out:
+                self._send_out(out)
             if schedule:
                 self._loop.call_at(at, self._on_timer)  # type: ignore[arg-type]
             if wanted != self._watching:
                 self._watch()
             if not events:
-                return
+                return result
             for ev in events:
                 self._dispatch(ev)
 
+    def _take_output_locked(self) -> bytes:
+        """What this thread is to send, outside the lock (plain sockets and pipes; b"" if
+        another thread is sending: it takes this output too before it stops, so that
+        many handlers finishing at once make a few large writes, not many small ones).
+        A TLS stream is written here, under the lock (its SSL object is shared with the
+        reading side)."""
+        if self._writing or self._ended:
+            return b""
+        if not self._combine or self._stream.backlog():
+            self._write_locked()
+            return b""
+        data = self._session.data_to_send()
+        if data:
+            self._writing = True
+        return data
+
+    def _send_out(self, data: bytes) -> None:
+        """Send ``data``, then whatever others produced meanwhile (this thread writes)."""
+        stream, session = self._stream, self._session
+        while True:
+            try:
+                stream.write(data)
+                failed = None
+            except OSError as exc:
+                failed = exc
+            with self._lock:
+                if failed is not None:
+                    self._lost = True
+                    session.close(f"write failed: {failed!r}", monotonic(), abort=True)
+                data = b"" if failed is not None or stream.backlog() else session.data_to_send()
+                if not data:
+                    self._writing = False  # (a backlog is for the loop to write when it can)
+                    wanted = self._wanted_locked()
+                    break
+        if failed is not None:
+            self._kick()
+        elif wanted != self._watching:
+            self._watch()
+        if self._closing:
+            self._in_loop(self._finish_writing)  # (it waited for this writer)
+
     def _write_locked(self) -> None:
         stream, session = self._stream, self._session
-        if self._ended:  # (the linger owns the stream now)
+        if self._ended or self._writing:  # (the linger owns the stream now; or a writer does)
             return
         try:
             if not stream.backlog():
@@ -498,10 +572,11 @@ class Remote:
         if not self._loop.watch(stream.wfd, write=write) and write is not None:
             self._loop.call_soon(self._on_writable)  # a regular file: always writable
 
-    def _read_for(self, waiter: _Waiter) -> None:
+    def _read_for(self, waiter: _Waiter | _CallFuture, deadline: float | None = None) -> None:
         """A caller waits for ``waiter``: it reads the socket itself (the loop stands
         aside), unless another caller does already; it returns once ``waiter`` is
-        settled (however: its answer, a timeout from the loop's timer, a close)."""
+        settled (however: its answer, a timeout from the loop's timer, a close) or the
+        ``deadline`` has passed."""
         with self._lock:
             if self._caller_reading is not None or not self._session.reading or self._ended:
                 return
@@ -516,8 +591,12 @@ class Remote:
         self._watch()  # the loop stops reading this socket
         waiter.wake = self._wake_reader
         try:
-            while not waiter.done:
-                for fd, _ in poller.poll():
+            while not waiter._finished():
+                wait = None if deadline is None else max(0.0, deadline - monotonic()) * 1000
+                ready = poller.poll(wait)
+                if not ready and deadline is not None:
+                    break  # (the time given is up)
+                for fd, _ in ready:
                     if fd == wake_r:
                         os.read(wake_r, 64)
                     else:
@@ -591,7 +670,7 @@ class Remote:
             self._loop.call_at(self._flush_deadline, lambda now: self._finish_writing())
         with self._lock:
             self._write_locked()
-            left = self._stream.backlog()
+            left = self._stream.backlog() or self._writing or self._session.output_size
         if left and not self._lost and monotonic() < self._flush_deadline and not self._ended:
             self._watch()
             return
