@@ -62,8 +62,8 @@ def the_registry() -> None:
         pass
 
     pending = log("hello")
-    assert_type(pending, Coroutine[Any, Any, None])
-    pending.close()
+    check: Coroutine[Any, Any, None] = assert_type(pending, Coroutine[Any, Any, None])
+    check.close()
 
 
 def the_blocking_adapter() -> None:
