@@ -12,7 +12,7 @@ from ._async import BatchCall, Call, Client, Remote, Sent, Server, connect, conn
 from ._errors import ConnectionClosed, InvalidResponse, LimitExceeded, RemoteError, RequestCancelled
 from ._options import Options, Stats
 from ._peer import PeerCredentials
-from ._serving import ConnectError
+from ._serving import ConnectError, ConnectTimeout
 
 __all__ = [
     "Server",
@@ -27,6 +27,7 @@ __all__ = [
     "InvalidResponse",
     "ConnectionClosed",
     "ConnectError",
+    "ConnectTimeout",
     "LimitExceeded",
     "RequestCancelled",
     "ErrorCode",

@@ -428,7 +428,7 @@ def _first_cause(exc: OSError) -> BaseException:
     inner = getattr(cause, "exceptions", None)
     if inner:
         return inner[0]  # type: ignore[no-any-return]
-    return exc
+    return cause if isinstance(cause, OSError) else exc
 
 
 class TLSListener(_AnyioTLSListener):

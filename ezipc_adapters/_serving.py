@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import threading
 from collections.abc import Iterable, Iterator
@@ -56,7 +57,12 @@ class ConnectError(ConnectionError):
     @classmethod
     def from_error(cls, address: str, exc: BaseException) -> ConnectError:
         """The error to raise ``from exc``, with its text and errno."""
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        if isinstance(exc, OSError) and exc.errno and not isinstance(exc, ssl.SSLError):
+            why = os.strerror(exc.errno)  # (asyncio's says "Connect call failed (host, port)")
+        elif isinstance(exc, OSError) and exc.strerror:
+            why = exc.strerror
+        else:
+            why = str(exc) or type(exc).__name__
         kind = ConnectTimeout if isinstance(exc, TimeoutError) else cls
         return kind(address, why, exc.errno if isinstance(exc, OSError) else None)
 

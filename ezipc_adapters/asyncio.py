@@ -9,7 +9,7 @@ from __future__ import annotations
 from . import _async
 from ._async import BatchCall, Call, Client, Remote, Sent, connect, connect_subprocess
 from ._errors import ConnectionClosed, InvalidResponse, LimitExceeded, RemoteError, RequestCancelled
-from ._serving import ConnectError
+from ._serving import ConnectError, ConnectTimeout
 
 __all__ = [
     "Server",
@@ -24,6 +24,7 @@ __all__ = [
     "InvalidResponse",
     "ConnectionClosed",
     "ConnectError",
+    "ConnectTimeout",
     "LimitExceeded",
     "RequestCancelled",
 ]

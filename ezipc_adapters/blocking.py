@@ -40,7 +40,7 @@ from ._blocking import Client, Remote, Server, connect, connect_subprocess
 from ._errors import ConnectionClosed, InvalidResponse, LimitExceeded, RemoteError, RequestCancelled
 from ._options import Options, Stats
 from ._peer import PeerCredentials
-from ._serving import ConnectError
+from ._serving import ConnectError, ConnectTimeout
 
 __all__ = [
     "Server",
@@ -52,6 +52,7 @@ __all__ = [
     "InvalidResponse",
     "ConnectionClosed",
     "ConnectError",
+    "ConnectTimeout",
     "LimitExceeded",
     "RequestCancelled",
     "ErrorCode",

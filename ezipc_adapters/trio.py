@@ -19,7 +19,7 @@ except ModuleNotFoundError as exc:
 from . import _async
 from ._async import BatchCall, Call, Client, Remote, Sent, connect, connect_subprocess
 from ._errors import ConnectionClosed, InvalidResponse, LimitExceeded, RemoteError, RequestCancelled
-from ._serving import ConnectError
+from ._serving import ConnectError, ConnectTimeout
 
 __all__ = [
     "Server",
@@ -34,6 +34,7 @@ __all__ = [
     "InvalidResponse",
     "ConnectionClosed",
     "ConnectError",
+    "ConnectTimeout",
     "LimitExceeded",
     "RequestCancelled",
 ]

@@ -865,10 +865,18 @@ class Session:
         self._calls.clear()
         self._deadlines.clear()
         events = self._events
-        for ev in [ev for ev in events if type(ev) is Job]:  # not handed out yet: never run
-            events.remove(ev)
-            ev.state = JobState.DONE
-            self._free(ev)
+        unseen = [ev for ev in events if type(ev) is Job]  # not handed out yet: never run
+        if unseen:
+            for job in unseen:
+                job.state = JobState.DONE
+                self._free(job)
+            kept = [
+                ev
+                for ev in events
+                if type(ev) is not Job and not (type(ev) is Interrupt and ev.job in unseen)
+            ]
+            events.clear()
+            events.extend(kept)
         for id, call in calls:  # a fresh exception each: a shared one would grow its traceback
             events.append(Settle(id, call.waiter, None, ConnectionClosed(f"{self.name}: {reason}")))
         running = list(self._active)

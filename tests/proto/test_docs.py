@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,11 @@ ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "core.md"
 
 
-def program() -> str:
+def program(index: int = 0) -> str:
+    """The page's programs: the core on a plain socket, then a session driver."""
     blocks = re.findall(r"^```python\n(.*?)^```", DOC.read_text(), flags=re.S | re.M)
-    assert len(blocks) == 1
-    return blocks[0]
+    assert len(blocks) == 2
+    return blocks[index]
 
 
 def exchange(sock: socket.socket) -> None:
@@ -111,3 +113,32 @@ def test_documented_names_exist() -> None:
         assert hasattr(ezipc_proto, name) or hasattr(builtins, name), name
     for state in ("OPEN", "CLOSED", "ERROR"):
         assert f"`{state}`" in text and hasattr(ezipc_proto.State, state)
+
+
+@pytest.mark.timeout(30)
+def test_the_session_driver() -> None:
+    """The page's session driver: answers, an error, a timeout whose late answer is dropped
+    and counted, the cancel notice the server receives, and the server's end at EOF."""
+    code = program(1)
+    assert len(code.splitlines()) < 80
+    namespace: dict[str, Any] = {"__name__": "docs_session"}
+    exec(compile(code, str(DOC), "exec"), namespace)
+    server_end, client_end = socket.socketpair()
+    thread = threading.Thread(target=namespace["serve"], args=(server_end,), daemon=True)
+    thread.start()
+    call, session = namespace["call"], ezipc_proto.Session("ndjson", now=time.monotonic())
+    with client_end:
+        assert call(client_end, session, "subtract", [42, 23]) == 19
+        with pytest.raises(ezipc_proto.RemoteError) as info:
+            call(client_end, session, "nope", [])
+        assert info.value.code == -32601
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            call(client_end, session, "sleep", [0.5], timeout=0.1)
+        assert time.monotonic() - started < 0.4
+        assert call(client_end, session, "subtract", [1, 2]) == -1  # after the late answer
+        assert session.stats.late_responses == 1 and session.stats.requests_pending == 0
+        client_end.shutdown(socket.SHUT_WR)  # EOF: the server's session closes
+        thread.join(10)
+    server_end.close()
+    assert not thread.is_alive()

@@ -1,0 +1,128 @@
+"""Flow control that cannot deadlock, on every driver (docs/limits.md, "Flow control"):
+
+* an answer to a call we wait for is always read, however many calls are queued: 300
+  requests whose handler calls the client back all complete (the original EZ-IPC, and
+  ezipc 0.1, hung past 2 x max_concurrency);
+* a peer that pipelines 20,000 requests without reading, then reads, gets one answer for
+  each (its result, or at once -32009 when the queue was full), nothing dropped;
+* our own messages never wait behind queued work: a handler's notify leaves at once while
+  200 requests wait;
+* every call we make ends: a malformed answer settles it with InvalidResponse.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from ezipc_adapters import InvalidResponse
+
+from .conftest import call, connecting, message, new_server, raw_connect, raw_server, serving, tell, wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def test_300_requests_that_call_the_client_back_all_complete(server_kind: str, client_kind: str) -> None:
+    server = new_server(server_kind)  # max_concurrency 64: the rest wait in the queue
+
+    @server.method
+    async def hello(remote: Any, i: int) -> str:
+        name = await call(remote, "client/name", [i], timeout=30)
+        return f"hello {name}"
+
+    def setup(client: Any) -> None:
+        client.hook_request("client/name", lambda i: f"#{i}")
+
+    with serving(server_kind, server) as served, connecting(client_kind, served.address, setup=setup) as peer:
+        futures = [peer.submit("hello", [i], timeout=60) for i in range(300)]
+        assert [f.result(60) for f in futures] == [f"hello #{i}" for i in range(300)]
+        remote = served.one_remote()
+        stats = served.stats(remote)
+        assert stats["requests_refused"] == 0 and stats["requests_pending"] == 0
+        assert peer.stats()["messages_in"] >= 600  # the 300 answers, and the server's 300 calls
+
+
+def test_a_peer_that_pipelines_20000_requests_without_reading_gets_an_answer_for_each(
+    server_kind: str,
+) -> None:
+    n = 20_000
+    server = new_server(server_kind, framing="ndjson")
+    server.hook_request("echo", lambda i: i)
+    with serving(server_kind, server) as served, raw_connect(served.address) as peer:
+        data = b"".join(
+            b'{"jsonrpc":"2.0","method":"echo","params":[%d],"id":%d}\n' % (i, i) for i in range(n)
+        )
+        sender = threading.Thread(target=peer.send_raw, args=(data,))  # (it blocks once buffers fill)
+        sender.start()
+        time.sleep(1.0)  # ...and only then does the peer read
+        answers: dict[int, Any] = {}
+        while len(answers) < n:
+            answer = peer.receive(timeout=30)
+            assert answer["id"] not in answers, answer  # one answer per id
+            answers[answer["id"]] = answer
+        sender.join(10)
+        busy = [a for a in answers.values() if "error" in a]
+        assert all(a["error"]["code"] == -32009 for a in busy)
+        assert all(answers[i]["result"] == i for i in answers if "result" in answers[i])
+        assert len(busy) < n  # most were served: the server read on while we did not
+        remote = served.one_remote()
+        assert served.stats(remote)["requests_refused"] == len(busy)
+
+
+def test_a_handlers_notify_leaves_at_once_while_200_requests_wait(server_kind: str) -> None:
+    release = threading.Event()
+    server = new_server(server_kind, framing="ndjson", max_concurrency=1)
+
+    @server.method
+    async def slow(remote: Any, i: int) -> int:
+        if i == 0:
+            await tell(remote, "progress", ["started"])  # while 200 wait behind this one
+        while not release.is_set():
+            await _sleep(0.005)
+        return i
+
+    with serving(server_kind, server) as served, raw_connect(served.address) as peer:
+        peer.send(*(message("slow", [i], i) for i in range(201)))
+        started = time.monotonic()
+        assert peer.receive(timeout=5) == message("progress", ["started"], notification=True)
+        assert time.monotonic() - started < 2.0
+        remote = served.one_remote()
+        wait_for(lambda: served.stats(remote)["calls_queued"] == 200)
+        release.set()
+        assert sorted(peer.receive(timeout=30)["id"] for _ in range(201)) == list(range(201))
+
+
+async def _sleep(seconds: float) -> None:
+    import anyio
+
+    await anyio.sleep(seconds)
+
+
+@pytest.mark.parametrize("framing", ["ndjson", "content-length"])
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        ({"result": 1, "error": {"code": 1, "message": "m"}}, "both result and error"),
+        ({"error": {"code": "x", "message": "m"}}, "malformed error object"),
+        ({}, "neither result nor error"),
+    ],
+    ids=["both", "bad-code", "neither"],
+)
+def test_a_malformed_answer_ends_the_call(client_kind: str, framing: str, answer: dict[str, Any], why: str) -> None:
+    with raw_server(framing) as (address, accept), connecting(client_kind, address, framing=framing) as peer:
+        server = accept()
+        future = peer.submit("m", timeout=None)  # no timeout: without the rule it would wait forever
+        request = server.receive()
+        server.send({"jsonrpc": "2.0", "id": request["id"], **answer})
+        with pytest.raises(InvalidResponse) as info:
+            future.result(10)
+        assert why in info.value.message and info.value.code == -32600
+        assert server.nothing_within(0.2)  # nothing is answered to an answer
+        second = peer.submit("m2")  # the connection goes on
+        request = server.receive()
+        server.send({"jsonrpc": "2.0", "id": request["id"], "result": 2})
+        assert second.result(10) == 2
+        assert peer.stats()["requests_pending"] == 0
