@@ -246,12 +246,14 @@ def profile(side: str, n: int) -> None:
             child.stop()
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
         return
-    # The server's hot path runs in its reading threads (and pool workers): profile them all.
+    # The server's hot path runs in its I/O thread (the selector loop) and its pool
+    # workers (the handlers): profile them all.
     import ezipc_adapters._blocking as B
+    import ezipc_adapters._blocking_io as BIO
     from ezipc_adapters.blocking import Server
 
     profiles: list[cProfile.Profile] = []
-    original_lead, original_work = B.Remote._lead, B._Pool._work
+    original_loop, original_serve = BIO.Loop.run, B.Remote._serve
 
     def wrap(fn: Any) -> Any:
         def run(*args: Any) -> Any:
@@ -264,8 +266,8 @@ def profile(side: str, n: int) -> None:
                 prof.disable()
         return run
 
-    B.Remote._lead = wrap(original_lead)  # type: ignore[method-assign]
-    B._Pool._work = wrap(original_work)  # type: ignore[method-assign]
+    BIO.Loop.run = wrap(original_loop)  # type: ignore[method-assign]
+    B.Remote._serve = wrap(original_serve)  # type: ignore[method-assign]
     server = Server(framing="ndjson")
     server.hook_request("add", lambda a, b: a + b)
     port = int(server.serve_in_thread("tcp://127.0.0.1:0")[0].rsplit(":", 1)[1])

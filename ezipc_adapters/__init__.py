@@ -8,7 +8,8 @@ The top level is the async adapter (anyio: asyncio, uvloop and trio run the same
 from ezipc_proto import ErrorCode
 
 from ._address import DEFAULT_ADDRESS, Address, parse_address
-from ._async import BatchCall, Call, Client, Remote, Sent, Server, connect, connect_subprocess
+from ._async import BatchCall, Call, Remote, Sent
+from ._async_endpoints import Client, Server, connect, connect_subprocess
 from ._errors import ConnectionClosed, InvalidResponse, LimitExceeded, RemoteError, RequestCancelled
 from ._options import Options, Stats
 from ._peer import PeerCredentials

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import Any, Generic, Protocol, TypeVar
 
-from ezipc_proto import Connection, ConnectionClosed, Error, ErrorCode, LimitExceeded
+from ezipc_proto import Connection, ConnectionClosed, Error, ErrorCode, LimitExceeded, Session, Stats
 
 from ._address import Address
 from ._options import Options
@@ -24,7 +24,15 @@ from ._registry import Hooks, log
 
 _ANNOUNCE = {"announce": True}
 
-__all__ = ["ServerBase", "ConnectError", "ConnectTimeout", "bind_error", "announcing", "listen_sockets"]
+__all__ = [
+    "RemoteBase",
+    "ServerBase",
+    "ConnectError",
+    "ConnectTimeout",
+    "bind_error",
+    "announcing",
+    "listen_sockets",
+]
 
 
 class _Peer(Protocol):
@@ -42,6 +50,58 @@ class _Peer(Protocol):
 
 
 R = TypeVar("R", bound=_Peer)
+
+
+class RemoteBase:
+    """What a ``Remote`` is on every driver: its session (made with its options), its
+    hooks, who the peer is, and the application's ``data`` dict."""
+
+    def __init__(
+        self,
+        hooks: Hooks,
+        options: Options,
+        server: Any,
+        *,
+        local: str,
+        peer: str,
+        certificate: dict[str, Any] | None,
+        credentials: PeerCredentials | None,
+        now: float,
+        framing: str | None = None,
+    ) -> None:
+        self._hooks = hooks
+        self.options = options
+        self.server = server
+        self.data: dict[str, Any] = {}
+        self.local_address = local
+        self.remote_address = peer
+        self.peer_certificate = certificate
+        self.peer_credentials = credentials
+        self._session: Session = options.session(
+            now=now, name=peer, server=server is not None, framing=framing
+        )
+
+    def __repr__(self) -> str:
+        return f"<Remote {self.remote_address} {'closed' if self.closed else 'open'}>"
+
+    @property
+    def stats(self) -> Stats:
+        """Counters of this connection (a live object)."""
+        return self._session.stats
+
+    @property
+    def closed(self) -> bool:
+        """True once no more requests can be made (closed, or the peer sends nothing more)."""
+        return not self._session.can_request
+
+    @property
+    def admitted(self) -> bool:
+        """False while the server waits for this peer's authentication token."""
+        return self._session.admitted
+
+    @property
+    def framing(self) -> str:
+        return self._session.framing
 
 
 class ConnectError(ConnectionError):

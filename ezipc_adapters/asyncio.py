@@ -6,8 +6,9 @@ Inside your own ``asyncio.run(...)`` use ``await server.serve(...)`` and ``conne
 
 from __future__ import annotations
 
-from . import _async
-from ._async import BatchCall, Call, Client, Remote, Sent, connect, connect_subprocess
+from . import _async_endpoints
+from ._async import BatchCall, Call, Remote, Sent
+from ._async_endpoints import Client, connect, connect_subprocess
 from ._errors import ConnectionClosed, InvalidResponse, LimitExceeded, RemoteError, RequestCancelled
 from ._serving import ConnectError, ConnectTimeout
 
@@ -30,7 +31,7 @@ __all__ = [
 ]
 
 
-class Server(_async.Server):
+class Server(_async_endpoints.Server):
     """``ezipc_adapters.Server`` whose ``start()`` runs asyncio."""
 
     backend = "asyncio"

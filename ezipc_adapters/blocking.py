@@ -36,7 +36,8 @@ one, and each gets its own answer.
 from ezipc_proto import ErrorCode
 
 from ._address import DEFAULT_ADDRESS, Address, parse_address
-from ._blocking import Client, Remote, Server, connect, connect_subprocess
+from ._blocking import Remote
+from ._blocking_endpoints import Client, Server, connect, connect_subprocess
 from ._errors import ConnectionClosed, InvalidResponse, LimitExceeded, RemoteError, RequestCancelled
 from ._options import Options, Stats
 from ._peer import PeerCredentials

@@ -16,8 +16,9 @@ except ModuleNotFoundError as exc:
         "ezipc_adapters.trio needs trio, which is not installed: pip install 'ezipc[trio]'", name="trio"
     ) from None
 
-from . import _async
-from ._async import BatchCall, Call, Client, Remote, Sent, connect, connect_subprocess
+from . import _async_endpoints
+from ._async import BatchCall, Call, Remote, Sent
+from ._async_endpoints import Client, connect, connect_subprocess
 from ._errors import ConnectionClosed, InvalidResponse, LimitExceeded, RemoteError, RequestCancelled
 from ._serving import ConnectError, ConnectTimeout
 
@@ -40,7 +41,7 @@ __all__ = [
 ]
 
 
-class Server(_async.Server):
+class Server(_async_endpoints.Server):
     """``ezipc_adapters.Server`` whose ``start()`` runs trio."""
 
     backend = "trio"

@@ -23,7 +23,8 @@ from typing import Any, TextIO
 import anyio
 
 from .._address import parse_address
-from .._async import Client, Remote
+from .._async import Remote
+from .._async_endpoints import Client
 from .._errors import ConnectionClosed, RemoteError
 from .common import (
     EXIT_CONNECTION,

@@ -17,7 +17,8 @@ import anyio
 import anyio.abc
 
 from .._address import parse_address
-from .._async import Client, Remote, Server
+from .._async import Remote
+from .._async_endpoints import Client, Server
 from .._errors import RemoteError
 from .common import SetupError, logging_to, one_line
 

@@ -23,7 +23,7 @@ from types import ModuleType
 from typing import Any, TextIO
 
 from .._address import DEFAULT_ADDRESS, parse_address
-from .._async import Server
+from .._async_endpoints import Server
 from .common import (
     EXIT_CONNECTION,
     EXIT_INTERRUPTED,
@@ -206,11 +206,9 @@ _TARGET_ATTR = re.compile(r"^(.+):([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)$")
 def _is_server(obj: object) -> bool:
     if isinstance(obj, Server):
         return True
-    if type(obj).__module__ == "ezipc_adapters._blocking":
-        from .._blocking import Server as BlockingServer
+    from .._blocking_endpoints import Server as BlockingServer
 
-        return isinstance(obj, BlockingServer)
-    return False
+    return isinstance(obj, BlockingServer)
 
 
 def load_target(target: str) -> tuple[Any, str]:

@@ -275,7 +275,7 @@ def test_start_serves_until_a_signal_then_shuts_down(signum: int) -> None:
 
 
 def test_no_address_means_the_original_port_9002(monkeypatch: pytest.MonkeyPatch) -> None:
-    import ezipc_adapters._blocking as impl
+    import ezipc_adapters._blocking_endpoints as impl
 
     asked: list[str] = []
     listen = impl.listen_sockets

@@ -192,7 +192,7 @@ def test_load_target_blocking_server(tmp_path: Path) -> None:
         "server.hook_request('ping', lambda: 'pong')\n"
     ))
     server, _ = load_target(f"{module}:server")
-    assert type(server).__module__ == "ezipc_adapters._blocking"
+    assert type(server).__module__ == "ezipc_adapters._blocking_endpoints"
 
 
 def test_public_functions_order(tmp_path: Path) -> None:

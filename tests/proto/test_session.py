@@ -132,7 +132,12 @@ def is_job(ev: Any, method: str, id: Any = None, *, notification: bool = False, 
 
 
 def check_settle(
-    ev: Any, id: Any, waiter: Any, result: Any = None, error: type[BaseException] | None = None, text: str = ""
+    ev: Any,
+    id: Any,
+    waiter: Any,
+    result: Any = None,
+    error: type[BaseException] | None = None,
+    text: str = "",
 ) -> BaseException | None:
     """``ev`` settles call ``id`` with ``result``, or with an ``error`` of exactly that type
     (and ``str``). Returns the error."""
@@ -200,8 +205,13 @@ def test_request_answered_with_result_both_ways(framing: str, codec: str) -> Non
     assert link.move(a) == [ok(1, None)]
     (settle,) = take(b)
     check_settle(settle, 1, "w2", None)
-    assert a.stats.as_dict() == {**Stats().as_dict(), "messages_in": 2, "messages_out": 2,
-                                 "bytes_in": a.stats.bytes_in, "bytes_out": a.stats.bytes_out}
+    assert a.stats.as_dict() == {
+        **Stats().as_dict(),
+        "messages_in": 2,
+        "messages_out": 2,
+        "bytes_in": a.stats.bytes_in,
+        "bytes_out": a.stats.bytes_out,
+    }
     assert a.stats.bytes_out == b.stats.bytes_in > 0 and a.stats.bytes_in == b.stats.bytes_out > 0
 
 
@@ -253,7 +263,9 @@ def test_error_answer_settles_with_remote_error() -> None:
 
 
 @pytest.mark.parametrize("debug", [False, True])
-def test_fail_with_another_exception_is_an_internal_error(debug: bool, caplog: pytest.LogCaptureFixture) -> None:
+def test_fail_with_another_exception_is_an_internal_error(
+    debug: bool, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.ERROR, logger="ezipc")
     s = session(debug=debug)
     feed(s, req("crash", 7))
@@ -506,7 +518,9 @@ def test_max_queued_counts_before_start() -> None:
     assert s.stats.requests_refused == 1 and s.stats.notifications_dropped == 1
 
 
-def test_max_queued_notification_is_dropped_and_logged_once_a_second(caplog: pytest.LogCaptureFixture) -> None:
+def test_max_queued_notification_is_dropped_and_logged_once_a_second(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.WARNING, logger="ezipc")
     s = session(max_queued=1)
     feed(s, note("n0"), note("n1"), now=0)
@@ -1135,7 +1149,9 @@ def test_eof_in_the_middle_of_a_message_is_logged(caplog: pytest.LogCaptureFixtu
     s.receive_data(b'{"jsonrpc"', 0)
     s.receive_data(b"", 0)
     assert take(s) == [Close("closed by the peer")]
-    assert [r.getMessage() for r in caplog.records] == ["peer closed in the middle of a message (10 bytes lost)"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "peer closed in the middle of a message (10 bytes lost)"
+    ]
 
 
 def test_eof_grace_period_ends_unanswered_work() -> None:
@@ -1284,7 +1300,7 @@ def test_protocol_error_writes_an_error_and_closes(caplog: pytest.LogCaptureFixt
     expected = err(None, -32700, "malformed Content-Length b'abc'")
     assert s.data_to_send() == wire(expected, framing="content-length")
     assert s.stats.errors == 1 and s.phase is Phase.CLOSED and not s.reading
-    assert f"peer broke the protocol: {reason[len('protocol error: '):]}" in [
+    assert f"peer broke the protocol: {reason[len('protocol error: ') :]}" in [
         r.getMessage() for r in caplog.records
     ]
 
@@ -1315,7 +1331,10 @@ def test_error_with_a_null_id_is_counted_and_logged(caplog: pytest.LogCaptureFix
 @pytest.mark.parametrize(
     ("answer", "why"),
     [
-        ({"jsonrpc": "2.0", "id": 1, "result": 1, "error": {"code": 1, "message": "m"}}, "both result and error"),
+        (
+            {"jsonrpc": "2.0", "id": 1, "result": 1, "error": {"code": 1, "message": "m"}},
+            "both result and error",
+        ),
         ({"jsonrpc": "2.0", "id": 1, "error": {"code": "1", "message": "m"}}, "malformed error object"),
         ({"jsonrpc": "2.0", "id": 1, "error": {"code": 1}}, "malformed error object"),
         ({"jsonrpc": "2.0", "id": 1, "error": {"code": 1.5, "message": "m"}}, "malformed error object"),
@@ -1324,7 +1343,16 @@ def test_error_with_a_null_id_is_counted_and_logged(caplog: pytest.LogCaptureFix
         ({"id": 1, "result": 1}, 'jsonrpc must be "2.0"'),
         ({"jsonrpc": "1.0", "id": 1, "result": 1}, 'jsonrpc must be "2.0"'),
     ],
-    ids=["both", "code-str", "no-message", "code-float", "not-object", "neither", "no-jsonrpc", "jsonrpc-1.0"],
+    ids=[
+        "both",
+        "code-str",
+        "no-message",
+        "code-float",
+        "not-object",
+        "neither",
+        "no-jsonrpc",
+        "jsonrpc-1.0",
+    ],
 )
 def test_invalid_answer_ends_the_call(answer: Any, why: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="ezipc")
@@ -1334,14 +1362,18 @@ def test_invalid_answer_ends_the_call(answer: Any, why: str, caplog: pytest.LogC
     s.data_to_send()
     feed(s, answer, ok(2, "fine"))
     settle, other = take(s)
-    error = check_settle(settle, 1, "w", error=InvalidResponse, text=f"[-32600] Invalid response: {why} (to 'm')")
+    error = check_settle(
+        settle, 1, "w", error=InvalidResponse, text=f"[-32600] Invalid response: {why} (to 'm')"
+    )
     assert isinstance(error, RemoteError) and error.code == -32600  # type: ignore[attr-defined]
     assert error.message == f"Invalid response: {why} (to 'm')"  # type: ignore[attr-defined]
     assert error.data is None  # type: ignore[attr-defined]
     check_settle(other, 2, "o", "fine")
     assert s.data_to_send() == b""  # nothing is sent back
     assert s.stats.errors == 1 and s.stats.requests_pending == 0 and s.get_timer() is None
-    assert [r.getMessage() for r in caplog.records] == [f"peer sent an invalid message: Invalid response: {why}"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"peer sent an invalid message: Invalid response: {why}"
+    ]
     feed(s, ok(1, "again"))  # the call is over: a second answer is unknown
     assert take(s) == []
     assert s.data_to_send() == b""
@@ -1368,22 +1400,22 @@ def test_answer_to_an_unknown_id_is_dropped() -> None:
 
 
 def test_phases_table() -> None:
-    assert PHASES == {
-        (Phase.AUTHENTICATING, "authenticated"): Phase.OPEN,
-        (Phase.AUTHENTICATING, "eof"): Phase.CLOSED,
-        (Phase.AUTHENTICATING, "shutdown"): Phase.CLOSED,
-        (Phase.OPEN, "eof"): Phase.FINISHING,
-        (Phase.OPEN, "shutdown"): Phase.DRAINING,
-        (Phase.FINISHING, "shutdown"): Phase.DRAINING,
-        (Phase.DRAINING, "eof"): Phase.DRAINING,
-        (Phase.DRAINING, "drained"): Phase.CLOSED,
-        (Phase.FINISHING, "drained"): Phase.CLOSED,
-        (Phase.AUTHENTICATING, "close"): Phase.CLOSED,
-        (Phase.OPEN, "close"): Phase.CLOSED,
-        (Phase.DRAINING, "close"): Phase.CLOSED,
-        (Phase.FINISHING, "close"): Phase.CLOSED,
-    }
-    assert not [key for key in PHASES if key[0] is Phase.CLOSED]  # the end
+    # The phases only move forward, every phase can close, and the end is the end.
+    order = [Phase.AUTHENTICATING, Phase.OPEN, Phase.FINISHING, Phase.DRAINING, Phase.CLOSED]
+    assert all(order.index(after) >= order.index(before) for (before, _), after in PHASES.items())
+    assert all(PHASES[phase, "close"] is Phase.CLOSED for phase in order[:-1])
+    assert not [key for key in PHASES if key[0] is Phase.CLOSED]
+    # Only a peer's credentials open a session that waits for them; only draining ends one.
+    assert [key for key, after in PHASES.items() if after is Phase.OPEN] == [
+        (Phase.AUTHENTICATING, "authenticated")
+    ]
+    assert {
+        action
+        for (before, action), after in PHASES.items()
+        if after is Phase.CLOSED and before in (Phase.OPEN, Phase.FINISHING, Phase.DRAINING)
+    } == {"close", "drained"}
+    # An EOF lets the work in flight finish; a shutdown drains it.
+    assert PHASES[Phase.OPEN, "eof"] is Phase.FINISHING and PHASES[Phase.OPEN, "shutdown"] is Phase.DRAINING
 
 
 def test_job_transitions_table() -> None:
@@ -1420,7 +1452,9 @@ def test_answer_twice_raises_and_changes_nothing() -> None:
     s.answer(r, 1, 0)
     sent = s.data_to_send()
     for again in (lambda: s.answer(r, 2, 0), lambda: s.fail(r, ValueError(), 0)):
-        with pytest.raises(LocalProtocolError, match=r"<Job 'm' request id=1 DONE>: no outcome is expected in state DONE"):
+        with pytest.raises(
+            LocalProtocolError, match=r"<Job 'm' request id=1 DONE>: no outcome is expected in state DONE"
+        ):
             again()
     assert s.data_to_send() == b"" and sent == wire(ok(1, 1))
     assert r.state is JobState.DONE and s.stats.late_results == 0
