@@ -50,7 +50,7 @@ from ezipc_proto import (
     Settle,
 )
 
-from ._address import DEFAULT_ADDRESS, Address, parse_address
+from ._address import DEFAULT_ADDRESS, WEB_KINDS, Address, parse_address
 from ._blocking_io import Loop, PipeStream, SocketStream, Stream, TLSStream, monotonic
 from ._options import Options, Stats
 from ._peer import PeerCredentials, format_sockaddr, peer_credentials
@@ -184,7 +184,7 @@ class Remote:
         self.peer_credentials = peer_credentials
         self._lock = threading.Lock()  # the session, and the stream's writing side
         self._session = options.session(
-            now=monotonic(), name=remote_address, server=server is not None, framing=framing
+            now=monotonic(), name=remote_address, server=server is not None, framing=framing or stream.framing
         )
         self._paused = False  # the session said PAUSED: no reading until our output drains
         self._writing = False  # a thread sends, outside the lock (see _take_output_locked)
@@ -841,6 +841,11 @@ class Client(Hooks):
         if addr.kind == "stdio":
             stdio = PipeStream(sys.stdin.fileno(), sys.stdout.fileno())
             return self._authenticated(self._attach(stdio, opts, "stdio", "stdio"), opts, timeout)
+        if addr.kind in WEB_KINDS:
+            from ._web_blocking import open_web_stream  # (wsproto and h11: the web extra)
+
+            web = open_web_stream(addr, opts, context, timeout, server_hostname)
+            return self._authenticated(self._attach(web, opts, web.local, str(addr)), opts, timeout)
         if context is not None and addr.kind != "tcp":
             raise ValueError("TLS (ssl=) is for tcp:// addresses")
         try:
@@ -908,7 +913,7 @@ class Client(Hooks):
     def _authenticated(self, remote: Remote, opts: Options, timeout: float | None) -> Remote:
         """With ``auth_token``: present it first; a refusal raises its ``RemoteError``
         (the connection is closed)."""
-        if opts.auth_token is not None:
+        if opts.auth_token is not None and not remote._stream.presents_token:
             try:
                 remote.request(AUTH_METHOD, {"token": opts.auth_token}, timeout=timeout or AUTH_TIMEOUT)
             except BaseException:
