@@ -78,7 +78,7 @@ class WebSocketStream(anyio.abc.ByteStream):
             await stream.send(ws.handshake)
             while not ws.accepted:
                 ws.receive_data(await _receive(stream))
-                if ws.eof:
+                if ws.eof and not ws.accepted:
                     raise ConnectionError("the server closed the connection during the WebSocket handshake")
         except BaseException:
             await anyio.aclose_forcefully(stream)

@@ -50,7 +50,6 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 _JSON_TYPES = ("application/json", "application/json-rpc", "application/jsonrequest")
 _CLOSE_POLICY = 1008  # RFC 6455: policy violation (a peer refused before it is accepted)
-_CLOSE_TRY_LATER = 1013  # RFC 6455: try again later (max_connections)
 
 
 class ASGIApp:
@@ -86,6 +85,11 @@ class ASGIApp:
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (await receive())["type"] != "websocket.connect":
             return
+        if self.server.options.allowed_uids is not None:  # (no peer credentials: fail closed)
+            log.warning("refusing %s: peer credentials None not allowed", _url(scope, "client"))
+            await send({"type": "websocket.close", "code": _CLOSE_POLICY})  # (uvicorn answers 403)
+            return
+        await send({"type": "websocket.accept"})
         stream = _WebSocketStream(receive, send)
         wire = StreamWire(stream, _url(scope, "client"))
         wire.local = _url(scope, "server")
@@ -140,23 +144,16 @@ class ASGIApp:
 
 
 class _WebSocketStream(anyio.abc.ByteStream):
-    """An ASGI WebSocket as the byte stream of a ``StreamWire``: each ``receive`` is one
-    whole message (the session's ``"message"`` framing), each line ``send`` is given is
-    one text message. It is accepted on first use, unless refused first."""
+    """An accepted ASGI WebSocket as the byte stream of a ``StreamWire``: each
+    ``receive`` is one whole message (the session's ``"message"`` framing), each line
+    ``send`` is given is one text message."""
 
     def __init__(self, receive: Receive, send: Send) -> None:
         self._receive = receive
         self._send = send
-        self._accepted = False
         self._gone = False  # the client disconnected, or we closed
 
-    async def _accept(self) -> None:
-        if not self._accepted:
-            self._accepted = True
-            await self._send({"type": "websocket.accept"})
-
     async def receive(self, max_bytes: int = 65536) -> bytes:
-        await self._accept()
         if self._gone:
             raise anyio.ClosedResourceError
         message = await self._receive()
@@ -168,7 +165,6 @@ class _WebSocketStream(anyio.abc.ByteStream):
         return data or b" "  # (b"" means EOF to the session: an empty message is a parse error)
 
     async def send(self, item: bytes) -> None:
-        await self._accept()
         for line in item.split(b"\n"):
             if not line:
                 continue
@@ -187,10 +183,8 @@ class _WebSocketStream(anyio.abc.ByteStream):
         if self._gone:
             return
         self._gone = True
-        # Not accepted yet: refused (uvicorn answers 403); else a normal close.
-        code = 1000 if self._accepted else _CLOSE_POLICY
         try:
-            await self._send({"type": "websocket.close", "code": code})
+            await self._send({"type": "websocket.close", "code": 1000})
         except Exception:  # gone already
             pass
 
