@@ -127,12 +127,30 @@ class ASGIApp:
         if body is None:
             await _respond(send, 413, b"")
             return
-        wire = _ExchangeWire(body, _url(scope, "client"), _url(scope, "server"))
-        await _HttpRemote(wire, self.server, options, server=self.server)._run()
-        if wire.answer:
-            await _respond(send, 200, wire.answer, [(b"content-type", b"application/json")])
+        answer = await self._exchange(body, options, scope)
+        if answer:
+            await _respond(send, 200, answer, [(b"content-type", b"application/json")])
         else:
             await _respond(send, 204, b"")
+
+    async def _exchange(self, body: bytes, options: Options, scope: Scope) -> bytes:
+        """Answer one POST's body: the async driver's ``Remote`` runs its jobs (handlers
+        inline or in tasks, the hooks) as for a connection, but in a lighter frame than
+        a connection's: no reader, writer or timer task (nothing to read after the body,
+        and no deadline to keep: an HTTP handler runs to its end, as the client waits)."""
+        wire = _ExchangeWire(body, _url(scope, "client"), _url(scope, "server"))
+        remote = _HttpRemote(wire, self.server, options, server=self.server)
+        try:
+            async with anyio.create_task_group() as tg:
+                remote._tg = tg
+                wire.start(remote, tg)
+                remote._kick()
+                await remote._closing.wait()
+        finally:
+            remote.close()  # (cancelled, e.g. at uvicorn's shutdown: its jobs are dropped)
+            if self.server.on_disconnect:
+                await remote._disconnect_hooks()
+        return remote._session.data_to_send()
 
     def _exchange_options(self) -> Options:
         """The server's options for an HTTP exchange: the token is checked in its header
@@ -191,7 +209,7 @@ class _WebSocketStream(anyio.abc.ByteStream):
 
 class _ExchangeWire(Wire):
     """One HTTP POST: the body is the peer's only message, then its EOF; what the session
-    writes is the answer (at most one message: the exchange's remote cannot call)."""
+    writes in the end is the answer (one message: the exchange's remote cannot call)."""
 
     framing = "message"
 
@@ -199,7 +217,6 @@ class _ExchangeWire(Wire):
         self._body = body or b" "  # (an empty body is a parse error, not an EOF)
         self.peer = peer
         self.local = local
-        self.answer = b""
 
     def start(self, remote: Remote, tg: anyio.abc.TaskGroup) -> None:
         self.remote = remote
@@ -208,13 +225,13 @@ class _ExchangeWire(Wire):
         session.receive_data(b"", now)
 
     def output_ready(self) -> None:
-        pass  # (taken once the exchange is over: drain)
+        pass  # (taken once the exchange is over)
 
     def set_reading(self, on: bool) -> None:
         pass
 
     async def drain(self) -> None:
-        self.answer += self.remote._session.data_to_send()
+        pass
 
     async def aclose(self) -> None:
         pass
