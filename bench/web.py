@@ -138,7 +138,8 @@ async def ws_round_trips(port: int, seconds: float) -> float:
         started = time.monotonic()
         stop_at = started + seconds
         while time.monotonic() < stop_at:
-            await ws.send(json.dumps({"jsonrpc": "2.0", "method": "add", "params": {"a": 20, "b": 22}, "id": n}))
+            message = {"jsonrpc": "2.0", "method": "add", "params": {"a": 20, "b": 22}, "id": n}
+            await ws.send(json.dumps(message))
             if json.loads(await ws.recv())["result"] != 42:
                 raise SystemExit("wrong answer")
             n += 1
