@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
-import sys
 from collections.abc import Callable, Coroutine, Generator, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -43,9 +42,6 @@ from ._serving import RemoteBase
 
 if TYPE_CHECKING:
     from ._async_endpoints import Server
-
-if sys.version_info < (3, 11):
-    pass  # (anyio's dependency before 3.11)
 
 __all__ = ["Call", "Sent", "BatchCall", "Remote"]
 
@@ -235,6 +231,7 @@ class Remote(RemoteBase):
             certificate=wire.certificate,
             credentials=wire.credentials,
             now=self._loop_time(),
+            framing=wire.framing,
         )
         self.server: Server | None = server
         self._wire = wire

@@ -14,7 +14,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -45,6 +45,8 @@ from ._serving import ServerBase, announcing, listen_sockets
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup  # (anyio's dependency before 3.11)
+if TYPE_CHECKING:
+    from .asgi import ASGIApp
 
 from ._async import Call, Remote
 
@@ -122,7 +124,7 @@ class Client(Hooks):
         wire = await open_wire(addr, opts, timeout=timeout, server_hostname=server_hostname)
         async with _running(Remote(wire, self, opts)) as remote:
             log.info("connected to %s", remote.remote_address)
-            if opts.auth_token is not None:
+            if opts.auth_token is not None and not wire.presents_token:
                 await remote.request(AUTH_METHOD, {"token": opts.auth_token}, timeout=timeout or AUTH_TIMEOUT)
             yield remote
 
@@ -429,6 +431,12 @@ class Server(ServerBase[Remote]):
 
     bcast_notif = broadcast  # the original EZ-IPC's names
     bcast_request = broadcast_request
+
+    def asgi(self, path: str | None = None) -> ASGIApp:
+        """This server as an ASGI application (WebSocket and HTTP): see ``ezipc_adapters.asgi``."""
+        from .asgi import ASGIApp
+
+        return ASGIApp(self, path)
 
 
 async def _close_listeners(listeners: list[anyio.abc.Listener[Any] | asyncio.AbstractServer]) -> None:

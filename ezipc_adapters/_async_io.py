@@ -30,7 +30,7 @@ from anyio.streams.tls import TLSListener as _AnyioTLSListener
 
 from ezipc_proto import FLUSH_TIMEOUT
 
-from ._address import Address
+from ._address import WEB_KINDS, Address
 from ._options import Options
 from ._peer import PeerCredentials, format_sockaddr, peer_credentials
 from ._registry import log
@@ -81,6 +81,10 @@ class Wire:
     certificate: dict[str, Any] | None = None
     credentials: PeerCredentials | None = None
     remote: Remote
+    #: The session's framing, if the transport sets it (``"message"``: WebSocket, HTTP).
+    framing: str | None = None
+    #: The transport presents ``auth_token`` itself (an HTTP header), not ``$/authenticate``.
+    presents_token = False
 
     def start(self, remote: Remote, tg: anyio.abc.TaskGroup) -> None:
         raise NotImplementedError
@@ -391,6 +395,10 @@ async def open_wire(
     """A connected wire to ``address`` (within ``timeout`` seconds), or ConnectError."""
     if address.kind == "stdio":
         return StreamWire(stdio_stream())
+    if address.kind in WEB_KINDS:
+        from ._web_async import open_web_wire  # (wsproto and h11: the web extra)
+
+        return await open_web_wire(address, options, timeout=timeout, server_hostname=server_hostname)
     try:
         with anyio.fail_after(timeout):
             if options.ssl is None and on_asyncio():

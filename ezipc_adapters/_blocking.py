@@ -173,7 +173,7 @@ class Remote(RemoteBase):
             certificate=stream.peer_certificate(),
             credentials=peer_credentials,
             now=monotonic(),
-            framing=framing,
+            framing=framing or stream.framing,
         )
         self.server: Server | None = server
         self._stream = stream

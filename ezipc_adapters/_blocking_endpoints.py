@@ -23,7 +23,7 @@ from ezipc_proto import (
     AUTH_TIMEOUT,
 )
 
-from ._address import DEFAULT_ADDRESS, Address, parse_address
+from ._address import DEFAULT_ADDRESS, WEB_KINDS, Address, parse_address
 from ._blocking import Remote, _linger, _local
 from ._blocking_io import Loop, PipeStream, SocketStream, Stream, TLSStream, monotonic
 from ._options import Options
@@ -124,6 +124,11 @@ class Client(Hooks):
         if addr.kind == "stdio":
             stdio = PipeStream(sys.stdin.fileno(), sys.stdout.fileno())
             return self._authenticated(self._attach(stdio, opts, "stdio", "stdio"), opts, timeout)
+        if addr.kind in WEB_KINDS:
+            from ._web_blocking import open_web_stream  # (wsproto and h11: the web extra)
+
+            web = open_web_stream(addr, opts, context, timeout, server_hostname)
+            return self._authenticated(self._attach(web, opts, web.local, str(addr)), opts, timeout)
         if context is not None and addr.kind != "tcp":
             raise ValueError("TLS (ssl=) is for tcp:// addresses")
         try:
@@ -191,7 +196,7 @@ class Client(Hooks):
     def _authenticated(self, remote: Remote, opts: Options, timeout: float | None) -> Remote:
         """With ``auth_token``: present it first; a refusal raises its ``RemoteError``
         (the connection is closed)."""
-        if opts.auth_token is not None:
+        if opts.auth_token is not None and not remote._stream.presents_token:
             try:
                 remote.request(AUTH_METHOD, {"token": opts.auth_token}, timeout=timeout or AUTH_TIMEOUT)
             except BaseException:

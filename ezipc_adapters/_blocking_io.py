@@ -178,6 +178,9 @@ class Stream:
     rfd: int
     wfd: int
     selectable = True  #: False for a regular file: always ready, cannot be watched
+    framing: str | None = None  #: the session's framing, if the stream sets it ("message": WebSocket, HTTP)
+    presents_token = False  #: the stream presents ``auth_token`` itself (an HTTP header)
+    local = ""  #: our end's address, if the stream knows it (the web streams)
 
     def __init__(self) -> None:
         self._out: list[memoryview] = []

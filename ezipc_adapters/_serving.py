@@ -17,7 +17,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from ezipc_proto import Connection, ConnectionClosed, Error, ErrorCode, LimitExceeded, Session, Stats
 
-from ._address import Address
+from ._address import WEB_KINDS, Address
 from ._options import Options
 from ._peer import PeerCredentials, free_unix_path
 from ._registry import Hooks, log
@@ -262,7 +262,14 @@ def announcing() -> Iterator[None]:
 
 
 def listen_sockets(addr: Address, unix_mode: int) -> list[socket.socket]:
-    """Listening sockets for a ``tcp://`` or ``unix:`` address (OSError naming it if not)."""
+    """Listening sockets for a ``tcp://`` or ``unix:`` address (OSError naming it if not).
+    A web address is refused: WebSocket and HTTP are an ASGI server's to serve."""
+    if addr.kind in WEB_KINDS:
+        raise ValueError(
+            f"{addr}: ws:// and http:// addresses are served through an ASGI server: "
+            "`ezipc serve TARGET --listen ADDRESS` runs uvicorn, or serve `server.asgi()` yourself "
+            "(docs/web.md)"
+        )
     if addr.kind == "unix":
         return [_listen_unix(addr.path, unix_mode)]
     return _listen_tcp(addr)

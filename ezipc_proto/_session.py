@@ -378,6 +378,7 @@ class Session:
         self._events: deque[SessionEvent] = deque()
         self._out: list[bytes] = []
         self._out_size = 0
+        self._separator = b"\n" if framing == "message" else b""
         self._reading = True  # False once EOF (or a broken framing) was seen, or closed
         # Our calls, and their deadlines: (when, seq, id, call, timeout) with lazy deletion.
         self._calls: dict[Id, _Call] = {}
@@ -462,14 +463,16 @@ class Session:
         self._conn.receive_data(data)
 
     def data_to_send(self) -> bytes:
-        """Everything there is to write to the peer now (``b""`` if nothing)."""
+        """Everything there is to write to the peer now (``b""`` if nothing). With
+        ``framing="message"`` the messages are one per line: a message transport
+        (WebSocket, HTTP) splits them at ``b"\\n"``, which JSON text never holds raw."""
         out = self._out
         if not out:
             return b""
-        data = out[0] if len(out) == 1 else b"".join(out)
+        data = out[0] if len(out) == 1 else self._separator.join(out)
         out.clear()
+        self._stats.bytes_out += self._out_size  # (the messages: separators are not sent)
         self._out_size = 0
-        self._stats.bytes_out += len(data)
         self._last_activity = self._now
         return data
 

@@ -110,6 +110,31 @@ class RawPeer:
         self.sock.close()
 
 
+class WebSocketRawPeer:
+    """The same hand-driven peer over a WebSocket, one message per text frame, with the
+    ``websockets`` library's client (a peer no one here wrote)."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+
+    def send(self, *items: bytes | str | dict[str, Any] | list[Any]) -> None:
+        for item in items:
+            self.ws.send(json.dumps(item) if isinstance(item, (dict, list)) else item)
+
+    def receive(self, timeout: float = 5.0) -> Any:
+        return json.loads(self.ws.recv(timeout))
+
+    def nothing_within(self, seconds: float) -> bool:
+        try:
+            self.ws.recv(seconds)
+        except TimeoutError:
+            return True
+        return False
+
+    def close(self) -> None:
+        self.ws.close()
+
+
 def _raw_socket(address: str) -> socket.socket:
     if address.startswith("unix:"):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -120,7 +145,14 @@ def _raw_socket(address: str) -> socket.socket:
 
 
 @contextmanager
-def raw_connect(address: str, framing: str = "ndjson") -> Iterator[RawPeer]:
+def raw_connect(address: str, framing: str = "ndjson") -> Iterator[Any]:
+    """A RawPeer (a WebSocketRawPeer for a ws:// address)."""
+    if address.startswith("ws://"):
+        from websockets.sync.client import connect
+
+        with connect(address, open_timeout=5, max_size=None) as ws:
+            yield WebSocketRawPeer(ws)
+        return
     with _raw_socket(address) as sock:
         yield RawPeer(sock, framing)
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any, TextIO
 
-from .._address import DEFAULT_ADDRESS, parse_address
+from .._address import DEFAULT_ADDRESS, WEB_KINDS, parse_address
 from .._async_endpoints import Server
 from .common import (
     EXIT_CONNECTION,
@@ -46,6 +46,9 @@ The module is imported with the current directory on sys.path; a file with its o
 ADDRESS: tcp://HOST:PORT, tcp://[::1]:PORT (port 0 picks a free one), unix:PATH,
 unix:///abs/path, or stdio (this process's stdin/stdout; logs go to stderr). --listen may
 be repeated. Default: tcp://127.0.0.1:9002.
+Or one web address, ws://HOST:PORT/PATH (wss:// with --tls-cert): the server's ASGI app
+run by uvicorn (pip install 'ezipc[web]'), WebSocket and HTTP POST at that URL, one
+worker; for more workers run uvicorn yourself (docs/web.md).
 
 Logs go to stderr: one line per connection and per error; --verbose logs every message.
 SIGINT (Ctrl-C) or SIGTERM shuts down gracefully: requests in flight get up to the
@@ -56,6 +59,7 @@ examples:
   ezipc serve myapp.rpc:server --listen unix:/tmp/app.sock --listen tcp://[::1]:9002
   ezipc serve mymethods.py --listen stdio --framing content-length
   ezipc serve mymethods.py --listen tcp://0.0.0.0:9443 --tls-cert cert.pem --tls-key key.pem
+  ezipc serve mymethods.py --listen ws://127.0.0.1:8000/rpc
 """
 
 
@@ -120,15 +124,27 @@ def run(args: argparse.Namespace) -> int:
             changes["framing"] = args.framing
         if args.verbose:
             changes["log_messages"] = True
-        if ssl_context is not None:
-            changes["ssl"] = ssl_context
+        if ssl_context is not None and not any(parse_address(a).kind in WEB_KINDS for a in addresses):
+            changes["ssl"] = ssl_context  # (uvicorn does the TLS of web addresses)
         server.options = server.options.replace(**changes)
         server.hook_disconnect(_log_errors)
-        if ssl_context is not None and not any(parse_address(a).kind == "tcp" for a in addresses):
+        tls = (args.tls_cert, args.tls_key, args.tls_ca)
+        if ssl_context is not None and not any(
+            parse_address(a).kind in ("tcp", "wss", "https") for a in addresses
+        ):
             log.warning("TLS applies to tcp:// addresses only: none is served")
         log.info("%s; framing %s", description, server.options.framing)
         stdio = any(parse_address(a).kind == "stdio" for a in addresses)
+        web = [a for a in addresses if parse_address(a).kind in WEB_KINDS]
         try:
+            if web:
+                from .web import serve_web
+
+                if len(web) != len(addresses):
+                    raise UsageError(
+                        "a web address is served by uvicorn, alone: not with tcp://, unix: or stdio"
+                    )
+                return serve_web(server, web, tls)
             with _prints_to_stderr() if stdio else contextlib.nullcontext():
                 server.start(*addresses)
         except KeyboardInterrupt:  # a signal before the server could take it over

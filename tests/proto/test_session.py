@@ -724,6 +724,19 @@ def test_data_to_send_takes_everything_once() -> None:
     assert s.stats.messages_out == 2 and s.stats.bytes_out == len(wire(note("a"), note("b")))
 
 
+
+def test_message_framing_gives_one_message_per_line() -> None:
+    """A WebSocket or HTTP driver splits data_to_send() at newlines, one message each;
+    the counters count the messages' bytes, not the separators."""
+    s = session("message")
+    s.notify("a", now=0)
+    assert s.data_to_send() == frame(note("a"), "message")  # alone: no separator
+    s.notify("a", now=0)
+    s.notify("b", now=0)
+    data = s.data_to_send()
+    assert data.split(b"\n") == [frame(note("a"), "message"), frame(note("b"), "message")]
+    assert s.stats.bytes_out == len(data) - 1 + len(frame(note("a"), "message"))
+
 # ---- 5. cancellation ----------------------------------------------------------------------------
 
 

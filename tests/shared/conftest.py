@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
@@ -41,11 +42,37 @@ from ..rawpeer import RawPeer, host_port, raw_connect, raw_server, wait_for  # n
 
 SERVER_KINDS = ("asyncio", "trio", "blocking")
 CLIENT_KINDS = ("asyncio", "trio", "blocking")
+#: An async Server's ASGI app run by uvicorn (in this process), its clients on ws://: a
+#: server kind for the scenarios that apply to a WebSocket (the others use raw TCP
+#: peers, framings, Unix sockets, stdio, half-closed connections or the server's own
+#: shutdown, which a WebSocket under uvicorn does not have). See tests/web for the rest.
+WEB = "uvicorn"
+WEB_SCENARIOS = frozenset((
+    "test_params_binding", "test_error_mapping", "test_a_request_starts_after_the_notifications_before_it",
+    "test_batch_with_mixed_results", "test_nested_calls_both_ways", "test_counters_after_a_fixed_exchange",
+    "test_connect_and_disconnect_hooks_run_once_in_order", "test_clients_authenticate_with_the_right_token",
+    "test_the_server_acts_on_a_cancellation", "test_a_handler_calling_a_vanished_peer_gets_connection_closed",
+    "test_a_server_side_timeout_tells_the_client", "test_broadcasts_can_exclude_peers",
+    "test_max_concurrency_makes_the_rest_wait_and_drops_nothing", "test_debug_puts_the_exceptions_repr_in_error_data",
+    "test_a_result_json_cannot_hold_is_an_internal_error", "test_the_extended_fast_codec_encodes_them",
+))
 
 
-@pytest.fixture(params=SERVER_KINDS)
+@pytest.fixture(params=(*SERVER_KINDS, WEB))
 def server_kind(request: pytest.FixtureRequest) -> str:
     return request.param  # type: ignore[no-any-return]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The uvicorn server kind runs only the scenarios that apply to it."""
+    kept, dropped = [], []
+    for item in items:
+        params = getattr(item, "callspec", None)
+        web = params is not None and params.params.get("server_kind") == WEB
+        (dropped if web and item.originalname not in WEB_SCENARIOS else kept).append(item)  # type: ignore[attr-defined]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 @pytest.fixture(params=CLIENT_KINDS)
@@ -57,7 +84,7 @@ def client_kind(request: pytest.FixtureRequest) -> str:
 
 
 def new_server(kind: str, framing: str = "auto", **options: Any) -> Any:
-    """A ``Server`` of ``kind`` ("asyncio", "trio" or "blocking")."""
+    """A ``Server`` of ``kind`` ("asyncio", "trio", "blocking" or "uvicorn")."""
     if kind == "blocking":
         return blocking.Server(framing, **options)
     cls = async_trio.Server if kind == "trio" else async_asyncio.Server
@@ -68,13 +95,14 @@ class Served:
     """A server serving in the background, seen from the test's (plain) thread."""
 
     def __init__(self, kind: str, server: Any, addresses: list[str], portal: BlockingPortal | None,
-                 future: Future[Any] | None) -> None:
+                 future: Future[Any] | None, stop: Callable[[], None] | None = None) -> None:
         self.kind = kind
         self.server = server
         self.addresses = addresses
         self.address = addresses[0]
         self._portal = portal
         self._future = future
+        self._stop = stop or (lambda: server.shutdown())
         self._stopped = False
 
     def run(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -116,7 +144,7 @@ class Served:
         else:
             assert self._future is not None
             if not self._future.done():
-                self._portal.call(self.server.shutdown)
+                self._portal.call(self._stop)
             self._future.result(timeout)
 
 
@@ -124,6 +152,10 @@ class Served:
 def serving(kind: str, server: Any, *addresses: str) -> Iterator[Served]:
     """Serve ``server`` (of ``kind``) in the background; shut it down gracefully after."""
     addresses = addresses or ("tcp://127.0.0.1:0",)
+    if kind == WEB:
+        with serving_uvicorn(server) as served:
+            yield served
+        return
     if kind == "blocking":
         served = Served(kind, server, server.serve_in_thread(*addresses), None, None)
         try:
@@ -138,6 +170,40 @@ def serving(kind: str, server: Any, *addresses: str) -> Iterator[Served]:
             yield served
         finally:
             served.shutdown()
+
+
+@contextmanager
+def serving_uvicorn(server: Any) -> Iterator[Served]:
+    """Serve ``server.asgi()`` with uvicorn on a free port, in a thread of this process
+    (so that the scenario's handlers and flags are shared): ``served.address`` is its
+    ws:// URL. Stopping it is uvicorn's shutdown (which closes WebSockets with 1012)."""
+    import socket
+
+    import uvicorn
+
+    sock = socket.create_server(("127.0.0.1", 0))
+    config = uvicorn.Config(server.asgi(), lifespan="off", log_config=None, log_level="warning",
+                            timeout_graceful_shutdown=1)
+    uv = uvicorn.Server(config)
+
+    async def run(*, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: uv.serve(sockets=[sock]))
+            while not uv.started:
+                await anyio.sleep(0.01)
+            task_status.started()
+
+    def stop() -> None:
+        uv.should_exit = True
+
+    with start_blocking_portal("asyncio") as portal:
+        future, _ = portal.start_task(run)
+        served = Served(WEB, server, [f"ws://127.0.0.1:{sock.getsockname()[1]}/"], portal, future, stop)
+        try:
+            yield served
+        finally:
+            served.shutdown()
+            sock.close()
 
 
 # ---- clients ---------------------------------------------------------------------------
