@@ -19,7 +19,6 @@ Every decision is the session's: this module moves bytes, runs handlers, keeps t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import math
 import os
@@ -42,7 +41,7 @@ from ezipc_proto import (
     Settle,
 )
 
-from ._blocking_io import Loop, PipeStream, SocketStream, Stream, monotonic
+from ._blocking_io import Loop, PipeStream, SocketStream, Stream, linger, monotonic, quietly
 from ._options import Options
 from ._peer import PeerCredentials
 from ._registry import Handler, Hooks, call_handler, log, not_found
@@ -592,12 +591,12 @@ class Remote(RemoteBase):
             return  # (it settled it itself)
         with self._lock:
             if self._wake_pipe is not None:
-                _quietly(os.write, self._wake_pipe[1], b"x")
+                quietly(os.write, self._wake_pipe[1], b"x")
 
     def _close_wake_pipe(self) -> None:  # under the lock
         if self._wake_pipe is not None:
             for fd in self._wake_pipe:
-                _quietly(os.close, fd)
+                quietly(os.close, fd)
             self._wake_pipe = self._poller = None
 
     def _on_readable(self) -> None:
@@ -655,7 +654,7 @@ class Remote(RemoteBase):
         if self._lost or left:  # (what could not be written in time is lost anyway)
             self._end()
         else:
-            _linger(self._loop, self._stream, _LINGER, self._end, self._lock)
+            linger(self._loop, self._stream, _LINGER, self._end, self._lock)
 
     def _end(self) -> None:
         try:
@@ -681,44 +680,3 @@ class Remote(RemoteBase):
         for fn in self._on_finish:
             fn()
         self._done.set()
-
-
-def _quietly(fn: Callable[..., Any], *args: Any) -> None:
-    try:
-        fn(*args)
-    except OSError:
-        pass
-
-
-def _linger(
-    loop: Loop, stream: Stream, seconds: float, then: Callable[[], None], lock: threading.Lock | None = None
-) -> None:
-    """Say we are done writing, and read (discarding) until the peer's EOF or for
-    ``seconds``: closing with its bytes unread would reset the connection, and the peer
-    could lose our last answers. Then ``then()`` (on the loop thread). ``lock`` guards
-    the stream (a TLS stream's state) against other threads."""
-    with lock or contextlib.nullcontext():
-        stream.shutdown_write()
-    done = False
-
-    def finish(now: float = 0.0) -> None:
-        nonlocal done
-        if not done:
-            done = True
-            loop.watch(stream.rfd, read=None)
-            then()
-
-    def readable() -> None:
-        try:
-            with lock or contextlib.nullcontext():
-                while (data := stream.recv()) is not None and data:
-                    pass
-        except (OSError, ValueError):
-            data = b""
-        if data is not None:  # EOF (or an error): done
-            finish()
-
-    if not stream.selectable or not loop.watch(stream.rfd, read=readable):
-        finish()
-        return
-    loop.call_at(monotonic() + seconds, finish)

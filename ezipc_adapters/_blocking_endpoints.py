@@ -24,8 +24,8 @@ from ezipc_proto import (
 )
 
 from ._address import DEFAULT_ADDRESS, WEB_KINDS, Address, parse_address
-from ._blocking import Remote, _linger, _local
-from ._blocking_io import Loop, PipeStream, SocketStream, Stream, TLSStream, monotonic
+from ._blocking import Remote, _local
+from ._blocking_io import Loop, PipeStream, SocketStream, Stream, TLSStream, linger, monotonic
 from ._options import Options
 from ._peer import PeerCredentials, format_sockaddr, peer_credentials
 from ._registry import Hooks, log
@@ -538,7 +538,7 @@ class Server(ServerBase[Remote]):
             self._connections -= 1
             self._stop_if_done()
 
-        _linger(self._loop, stream, 1.0, closed)
+        linger(self._loop, stream, 1.0, closed)
 
     def _serve(self, stream: Stream, local: str, peer: str, creds: PeerCredentials | None) -> Remote:
         assert self._loop is not None and self._pool is not None

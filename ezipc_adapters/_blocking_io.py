@@ -7,6 +7,7 @@ never block: every descriptor is non-blocking."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import heapq
 import itertools
@@ -421,3 +422,44 @@ class PipeStream(Stream):
                 self._close_read()
             except OSError:
                 pass
+
+
+def quietly(fn: Callable[..., Any], *args: Any) -> None:
+    try:
+        fn(*args)
+    except OSError:
+        pass
+
+
+def linger(
+    loop: Loop, stream: Stream, seconds: float, then: Callable[[], None], lock: threading.Lock | None = None
+) -> None:
+    """Say we are done writing, and read (discarding) until the peer's EOF or for
+    ``seconds``: closing with its bytes unread would reset the connection, and the peer
+    could lose our last answers. Then ``then()`` (on the loop thread). ``lock`` guards
+    the stream (a TLS stream's state) against other threads."""
+    with lock or contextlib.nullcontext():
+        stream.shutdown_write()
+    done = False
+
+    def finish(now: float = 0.0) -> None:
+        nonlocal done
+        if not done:
+            done = True
+            loop.watch(stream.rfd, read=None)
+            then()
+
+    def readable() -> None:
+        try:
+            with lock or contextlib.nullcontext():
+                while (data := stream.recv()) is not None and data:
+                    pass
+        except (OSError, ValueError):
+            data = b""
+        if data is not None:  # EOF (or an error): done
+            finish()
+
+    if not stream.selectable or not loop.watch(stream.rfd, read=readable):
+        finish()
+        return
+    loop.call_at(monotonic() + seconds, finish)
