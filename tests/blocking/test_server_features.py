@@ -173,3 +173,39 @@ def test_connections_leak_neither_descriptors_nor_threads() -> None:
         wait_for(lambda: not server.remotes)
         wait_for(lambda: len(os.listdir("/proc/self/fd")) <= fds)
         wait_for(lambda: threading.active_count() <= threads + 2)  # (pool workers may linger)
+
+
+def test_idle_connections_hold_no_thread_and_dropping_them_all_is_quick() -> None:
+    """One I/O thread serves every connection: 400 idle peers add no thread, and when
+    they all go at once the server is done with them, and answers a new client, within
+    a second (closing N connections costs O(N): about 0.15 CPU-seconds for 1,024 here)."""
+    import resource
+    import socket
+    import time
+
+    n = 400
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2 * n + 200:
+        if hard != resource.RLIM_INFINITY and hard < 2 * n + 200:
+            pytest.skip(f"needs {2 * n + 200} file descriptors (the hard limit is {hard})")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (2 * n + 200, hard))
+    server = Server(max_connections=n + 10)
+    server.hook_request("ping", lambda: "pong")
+    with serving(server) as (address,):
+        with connect(address) as remote:  # warm up: the pool's first thread
+            assert remote.request("ping") == "pong"
+        wait_for(lambda: not server.remotes)
+        threads = threading.active_count()
+        host, port = address.removeprefix("tcp://").rsplit(":", 1)
+        peers = [socket.create_connection((host, int(port)), timeout=5) for _ in range(n)]
+        try:
+            wait_for(lambda: len(server.remotes) == n)
+            assert threading.active_count() <= threads + 1
+        finally:
+            t0 = time.monotonic()
+            for peer in peers:
+                peer.close()
+        with connect(address) as remote:
+            assert remote.request("ping") == "pong"
+        wait_for(lambda: not server.remotes)
+        assert time.monotonic() - t0 < 1.5
