@@ -11,7 +11,6 @@ module moves bytes, runs handlers and keeps the clock.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import math
 from collections.abc import Callable, Coroutine, Generator, Iterable
@@ -32,10 +31,7 @@ from ezipc_proto import (
     Settle,
 )
 
-from ._async_io import (
-    Wire,
-    on_asyncio,
-)
+from ._async_io import Wire, loop_clock
 from ._options import Options
 from ._registry import Handler, Hooks, call_handler, log, not_found
 from ._serving import RemoteBase
@@ -218,10 +214,7 @@ class Remote(RemoteBase):
     """
 
     def __init__(self, wire: Wire, hooks: Hooks, options: Options, *, server: Server | None = None) -> None:
-        # The clock: the event loop's own, read directly (anyio's costs a lookup each time).
-        self._loop_time: Callable[[], float] = (
-            asyncio.get_running_loop().time if on_asyncio() else anyio.current_time
-        )
+        self._loop_time = loop_clock()
         super().__init__(
             hooks,
             options,
