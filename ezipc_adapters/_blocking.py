@@ -179,6 +179,10 @@ class Remote(RemoteBase):
         self._pool = pool
         self._loop = loop
         self._lock = threading.Lock()  # the session, and the stream's writing side
+        # Handlers' outcomes wait here for whoever next holds the lock (see _report).
+        self._reports: list[Callable[[Any], Any]] = []
+        self._reports_lock = threading.Lock()
+        self._reporting = False  # a worker is applying the reports: the others need not
         self._paused = False  # the session said PAUSED: no reading until our output drains
         self._writing = False  # a thread sends, outside the lock (see _take_output_locked)
         self._combine = type(stream) is SocketStream or type(stream) is PipeStream
@@ -335,6 +339,14 @@ class Remote(RemoteBase):
         result = None
         while True:
             with self._lock:
+                if self._reports:
+                    with self._reports_lock:
+                        reports, self._reports = self._reports, []
+                    for report in reports:
+                        try:
+                            report(session)
+                        except Exception:  # (a bug: the others' outcomes still count)
+                            log.exception("%s: a handler's outcome was refused", self.remote_address)
                 if action is not None:
                     result = action(session)
                     action = None
@@ -368,6 +380,29 @@ class Remote(RemoteBase):
                 return result
             for ev in events:
                 self._dispatch(ev)
+
+    def _report(self, outcome: Callable[[Any], Any]) -> None:
+        """Tell the session a handler's outcome. Many workers finishing at once would
+        queue on the connection's lock, each waiting for the others' turns (and for the
+        GIL between them): instead each leaves its outcome in a list, and one of them at
+        a time applies all there are, in one turn of the lock (pipelined calls to the
+        blocking server, measured interleaved: 18.5-21.9k -> 23.5-25.0k requests/s)."""
+        with self._reports_lock:
+            self._reports.append(outcome)
+            if self._reporting:
+                return  # the worker applying them takes this one before it stops
+            self._reporting = True
+        try:
+            while True:
+                self._kick()  # (takes every report in the list)
+                with self._reports_lock:
+                    if not self._reports:  # (checked and given up in one turn: none is missed)
+                        self._reporting = False
+                        return
+        except BaseException:
+            with self._reports_lock:
+                self._reporting = False
+            raise
 
     def _take_output_locked(self) -> bytes:
         """What this thread is to send, outside the lock (plain sockets and pipes; b"" if
@@ -485,11 +520,11 @@ class Remote(RemoteBase):
                 result = _run_awaitable(result)
         except BaseException as exc:  # SystemExit, KeyboardInterrupt too: answered, then raised
             failure = exc
-            self._call(lambda s: s.fail(job, failure, monotonic()))
+            self._report(lambda s: s.fail(job, failure, monotonic()))
             if not isinstance(exc, Exception):
                 raise
         else:
-            self._call(lambda s: s.answer(job, result, monotonic()))
+            self._report(lambda s: s.answer(job, result, monotonic()))
 
     def _connect_hooks(self) -> None:
         try:
