@@ -31,7 +31,7 @@ from ezipc_proto import (
     Settle,
 )
 
-from ._async_io import Wire, loop_clock
+from ._async_io import Event, Wire, loop_clock, native_event_class
 from ._options import Options
 from ._registry import Handler, Hooks, call_handler, log, not_found
 from ._serving import RemoteBase
@@ -100,7 +100,7 @@ class Call(_Sending[Any]):
         self._done = False
         self._result: Any = None
         self._error: BaseException | None = None
-        self._event: anyio.Event | None = None
+        self._event: Event | None = None
         self._callback = callback
         self._seen = callback is not None
 
@@ -142,7 +142,7 @@ class Call(_Sending[Any]):
         self._seen = True
         if not self._done:
             if self._event is None:
-                self._event = anyio.Event()
+                self._event = self.remote._new_event()
             try:
                 await self._event.wait()
             except BaseException:
@@ -215,6 +215,7 @@ class Remote(RemoteBase):
 
     def __init__(self, wire: Wire, hooks: Hooks, options: Options, *, server: Server | None = None) -> None:
         self._loop_time = loop_clock()
+        self._new_event = native_event_class()
         super().__init__(
             hooks,
             options,
