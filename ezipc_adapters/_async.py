@@ -31,7 +31,7 @@ from ezipc_proto import (
     Settle,
 )
 
-from ._async_io import Event, Wire, loop_clock, native_event_class
+from ._async_io import STREAM_AT, Event, Wire, loop_clock, native_event_class
 from ._options import Options
 from ._registry import Handler, Hooks, call_handler, log, not_found
 from ._serving import RemoteBase
@@ -328,6 +328,8 @@ class Remote(RemoteBase):
                     ev.waiter._settle(ev.result, ev.error)  # type: ignore[union-attr]
                 elif kind is Job:
                     self._run_job(ev)  # type: ignore[arg-type]
+                    if session.output_size >= STREAM_AT and not wire.output_large():
+                        break
                 elif ev is NEED_DATA or ev is PAUSED:
                     break
                 elif kind is Interrupt:

@@ -56,6 +56,10 @@ _READ_SIZE = 65536
 #: than waking the writer: a task switch less per message, and a small write is taken by
 #: the kernel at once (unless the peer does not read: then the reader waits with it).
 _SEND_DIRECTLY = 65536
+#: Output this large is written at once, not at the end of the chunk or loop iteration:
+#: the peer starts on it while we make the rest, both processes busy at once (64
+#: pipelined 1 KiB echoes: asyncio 41-46k -> 58-63k calls/s, trio 41k -> 62k; 4 and 16 KiB did worse).
+STREAM_AT = 8192
 _CLOSED_ERRORS = (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError)
 
 
@@ -117,6 +121,12 @@ class Wire:
     def output_ready(self) -> None:
         raise NotImplementedError
 
+    def output_large(self) -> bool:
+        """The session's output reached ``STREAM_AT`` while a chunk's work is done: send
+        it now if the wire can. False: stop that work here (the reader sends, then goes on)."""
+        self.output_ready()
+        return True
+
     def set_reading(self, on: bool) -> None:
         raise NotImplementedError
 
@@ -156,6 +166,7 @@ class StreamWire(Wire):
         self.certificate = extra(TLSAttribute.peer_certificate, None)
         self._writing = False
         self._reading = True
+        self._reader_kicking = False
         self._write_wanted = anyio.Event()
         self._drained = anyio.Event()
 
@@ -167,6 +178,12 @@ class StreamWire(Wire):
     def output_ready(self) -> None:
         if not self._writing:
             self._write_wanted.set()
+
+    def output_large(self) -> bool:
+        if self._reader_kicking and not self._writing and self.remote._session.output_size <= _SEND_DIRECTLY:
+            return False  # (the reader sends it at once, as its loop does, and kicks again)
+        self.output_ready()
+        return True
 
     def set_reading(self, on: bool) -> None:
         self._reading = on
@@ -197,7 +214,11 @@ class StreamWire(Wire):
         session, now = remote._session, remote._loop_time
         try:
             while True:
-                remote._kick()
+                self._reader_kicking = True
+                try:
+                    remote._kick()
+                finally:
+                    self._reader_kicking = False
                 if not session.reading:
                     return
                 if not self._reading:  # our output is over its bound: the peer does not read
@@ -351,6 +372,9 @@ class ProtocolWire(asyncio.Protocol, Wire):
             self._receive(data)
 
     def output_ready(self) -> None:
+        if self.remote._session.output_size >= STREAM_AT:
+            self._write_now()
+            return
         if self._receiving or self._flush_soon:
             return
         self._flush_soon = True
