@@ -31,7 +31,7 @@ from ezipc_proto import (
     Settle,
 )
 
-from ._async_io import STREAM_AT, Event, Wire, loop_clock, native_event_class
+from ._async_io import STREAM_AT, STREAM_EVERY, Event, Wire, loop_clock, native_event_class
 from ._options import Options
 from ._registry import Handler, Hooks, call_handler, log, not_found
 from ._serving import RemoteBase
@@ -320,6 +320,7 @@ class Remote(RemoteBase):
             return
         self._kicking = True
         session, wire = self._session, self._wire
+        jobs = 0
         try:
             while True:
                 ev = session.next_event()
@@ -328,8 +329,11 @@ class Remote(RemoteBase):
                     ev.waiter._settle(ev.result, ev.error)  # type: ignore[union-attr]
                 elif kind is Job:
                     self._run_job(ev)  # type: ignore[arg-type]
-                    if session.output_size >= STREAM_AT and not wire.output_large():
-                        break
+                    jobs += 1
+                    if (jobs >= STREAM_EVERY or session.output_size >= STREAM_AT) and session.output_size:
+                        jobs = 0
+                        if not wire.output_large():
+                            break
                 elif ev is NEED_DATA or ev is PAUSED:
                     break
                 elif kind is Interrupt:
