@@ -75,16 +75,21 @@ class NdjsonFramer:
         #: are cut at once; a connection pops this directly (one call less per message).
         self.ready: deque[Cut] = deque()
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> bool:
+        """Buffer ``data``; False if ``next_frame`` surely has nothing new to give (no
+        newline came, and the line is within the limit)."""
         if self._skipping:  # the buffer is empty: drop bytes up to the newline
             nl = data.find(b"\n")
             if nl < 0:
                 self.scanned += len(data)
-                return
+                return False
             self.scanned += nl + 1
             self._skipping = False
             data = data[nl + 1 :]
-        self._buf += data
+        buf = self._buf
+        buf += data
+        # (``10 in data``: memchr, ~15 ns; ``b"\n" in data`` costs ~150 ns on 3.11)
+        return 10 in data or len(buf) - self._start > self._max
 
     def next_frame(self) -> Frame:
         ready = self.ready
@@ -163,13 +168,19 @@ class ContentLengthFramer:
         #: Frames cut but not yet taken, in order (see ``NdjsonFramer.ready``).
         self.ready: deque[Cut] = deque()
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> bool:
+        """Buffer ``data``; False if ``next_frame`` surely has nothing new to give (a
+        body still short of its length, or a header block not ended and within the limit)."""
         if self._skip:
             n = min(self._skip, len(data))
             self._skip -= n
             self.scanned += n
             data = data[n:]
-        self._buf += data
+        buf = self._buf
+        buf += data
+        if self._need >= 0:
+            return len(buf) - self._start >= self._need
+        return 10 in data or len(buf) - self._start > MAX_HEADER_SIZE + 3  # (10: b"\n")
 
     def next_frame(self) -> Frame:
         ready = self.ready
@@ -353,8 +364,9 @@ class MessageFramer:
         self.scanned = 0
         self.ready: deque[Cut] = deque()  # always empty: next_frame checks each message
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> bool:
         self._queue.append(bytes(data))  # a copy: the caller may reuse its buffer
+        return True
 
     def next_frame(self) -> Frame:
         if not self._queue:
@@ -386,21 +398,21 @@ class AutoFramer:
         self.detected: NdjsonFramer | ContentLengthFramer | None = None
         self.ready: deque[Cut] = deque()  # handed to the detected framer
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> bool:
         if self.detected is not None:
-            self.detected.feed(data)
-            return
+            return self.detected.feed(data)
         self._pending += data
         head = self._pending.lstrip()
         if not head:
             if len(self._pending) > self._max:  # an endless run of blank space
                 del self._pending[:]
-            return
+            return False
         cls = ContentLengthFramer if head[:1].isalpha() else NdjsonFramer
         self.detected = cls(self._max)
         self.detected.ready = self.ready
-        self.detected.feed(bytes(head))
         del self._pending[:]
+        self.detected.feed(bytes(head))
+        return True
 
     def next_frame(self) -> Frame:
         return None if self.detected is None else self.detected.next_frame()
