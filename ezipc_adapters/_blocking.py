@@ -18,7 +18,6 @@ Every decision is the session's: this module moves bytes, runs handlers, keeps t
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import math
 import os
@@ -127,6 +126,8 @@ class _CallFuture(Future[Any]):
 
 def _run_awaitable(value: Any) -> Any:
     """An async handler's result, computed in this (worker) thread with asyncio.run."""
+    import asyncio  # (here: a blocking program need not load asyncio, ~2 MiB)
+
     if inspect.iscoroutine(value):
         return asyncio.run(value)
 

@@ -10,13 +10,12 @@ import os
 import select
 import signal
 import socket
-import ssl as _ssl
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ezipc_proto import (
     AUTH_METHOD,
@@ -30,6 +29,9 @@ from ._options import Options
 from ._peer import PeerCredentials, format_sockaddr, peer_credentials
 from ._registry import Hooks, log
 from ._serving import ConnectError, ServerBase, announcing, listen_sockets
+
+if TYPE_CHECKING:
+    import ssl as _ssl
 
 __all__ = ["Client", "Server", "connect", "connect_subprocess"]
 

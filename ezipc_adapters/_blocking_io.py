@@ -14,14 +14,16 @@ import itertools
 import os
 import selectors
 import socket
-import ssl as _ssl
 import stat
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._registry import log
+
+if TYPE_CHECKING:
+    import ssl as _ssl
 
 __all__ = ["Loop", "Stream", "SocketStream", "TLSStream", "PipeStream", "monotonic"]
 
@@ -266,6 +268,8 @@ class TLSStream(SocketStream):
     def __init__(
         self, sock: socket.socket, context: _ssl.SSLContext, *, server_side: bool, server_hostname: str | None
     ) -> None:
+        import ssl as _ssl  # (loaded only by a program that uses TLS: ssl is ~5 MiB)
+
         super().__init__(sock)
         self._in = _ssl.MemoryBIO()
         self._bio_out = _ssl.MemoryBIO()
@@ -304,6 +308,8 @@ class TLSStream(SocketStream):
         return True
 
     def handshake(self) -> bool:
+        import ssl as _ssl
+
         while True:
             try:
                 self._obj.do_handshake()
@@ -317,6 +323,8 @@ class TLSStream(SocketStream):
             return True
 
     def recv(self) -> bytes | None:
+        import ssl as _ssl
+
         while True:
             try:
                 data = self._obj.read(READ_SIZE)
@@ -350,6 +358,8 @@ class TLSStream(SocketStream):
         return self._in.pending > 0 or self._obj.pending() > 0
 
     def shutdown_write(self) -> None:
+        import ssl as _ssl
+
         try:
             self._obj.unwrap()
         except (_ssl.SSLError, OSError, ValueError):

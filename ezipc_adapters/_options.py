@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import ssl as _ssl
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ezipc_proto import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_MESSAGE_SIZE, Codec, Session, Stats
+
+if TYPE_CHECKING:
+    import ssl as _ssl
 
 __all__ = ["Options", "Stats"]
 

@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import socket
-import ssl
 import sys
 import threading
 from collections.abc import Iterable, Iterator
@@ -117,7 +116,8 @@ class ConnectError(ConnectionError):
     @classmethod
     def from_error(cls, address: str, exc: BaseException) -> ConnectError:
         """The error to raise ``from exc``, with its text and errno."""
-        if isinstance(exc, OSError) and exc.errno and not isinstance(exc, ssl.SSLError):
+        ssl = sys.modules.get("ssl")  # (not loaded: no TLS, and no SSLError)
+        if isinstance(exc, OSError) and exc.errno and not (ssl is not None and isinstance(exc, ssl.SSLError)):
             why = os.strerror(exc.errno)  # (asyncio's says "Connect call failed (host, port)")
         elif isinstance(exc, OSError) and exc.strerror:
             why = exc.strerror

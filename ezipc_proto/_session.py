@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import enum
 import heapq
-import hmac
 import logging
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -1058,6 +1057,8 @@ class Session:
 
     def _authenticate(self, ev: Request) -> None:
         """Fail closed: anything but the right token first ends the connection."""
+        import hmac  # (here: it loads OpenSSL, ~4 MiB, which only this needs)
+
         expected = self.auth_token
         assert expected is not None
         token = ev.params.get("token") if isinstance(ev.params, dict) else None
