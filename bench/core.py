@@ -238,6 +238,20 @@ def clock(fn: Callable[[], Any]) -> tuple[float, Any]:
     return dt, res
 
 
+def interleaved(
+    impls: dict[str, Callable[[], Callable[[], Any]]], repeat: int, count: Callable[[Any], int]
+) -> dict[str, list[float]]:
+    """Each impl's rate per repeat (``count(result)`` per second), the impls taking turns
+    within each repeat (floor, ezipc, floor, ezipc, ...). ``make()`` is untimed setup."""
+    runs: dict[str, list[float]] = {}
+    for _ in range(repeat):
+        for name, make in impls.items():
+            fn = make()
+            dt, res = clock(fn)
+            runs.setdefault(name, []).append(count(res) / dt)
+    return runs
+
+
 def paired(runs: dict[str, list[float]], a: str, b: str) -> float:
     """Median of the per-repeat ratios a/b: a and b ran back to back in each repeat, so
     this cancels most of the machine's slow drift."""
@@ -281,7 +295,6 @@ def bench_decode(msgs: list[Any], repeat: int, results: dict[str, Any]) -> None:
     for fr in W.FRAMINGS:
         data = W.frame(msgs, fr)
         chunks = W.chunked(data, 65536)
-        runs: dict[str, list[float]] = {}
         impls: dict[str, Callable[[], Callable[[], Any]]] = {
             "floor_stdlib": lambda: lambda: floor_stdlib_decode(chunks, fr),  # noqa: B023
         }
@@ -299,11 +312,7 @@ def bench_decode(msgs: list[Any], repeat: int, results: dict[str, Any]) -> None:
                 notes.append(f"  {FRAMING[fr]}: {len(msgs)} frames ({len(ids)} answers) -> {kinds}")
         for make in impls.values():
             make()()
-        for _ in range(repeat):
-            for name, make in impls.items():
-                fn = make()
-                dt, _n = clock(fn)
-                runs.setdefault(name, []).append(len(msgs) / dt)
+        runs = interleaved(impls, repeat, lambda _n: len(msgs))
         med = {k: median(v) for k, v in runs.items()}
         results[f"decode {fr}"] = med
         floor = med["floor_stdlib"]
@@ -339,7 +348,6 @@ def bench_encode(msgs: list[Any], repeat: int, results: dict[str, Any]) -> None:
     events = encode_prepare(msgs)
     rows = []
     for fr in W.FRAMINGS:
-        runs: dict[str, list[float]] = {}
         impls: dict[str, Callable[[], Callable[[], Any]]] = {
             "floor_stdlib": lambda: lambda: floor_stdlib_encode(msgs, fr),  # noqa: B023
         }
@@ -360,11 +368,7 @@ def bench_encode(msgs: list[Any], repeat: int, results: dict[str, Any]) -> None:
             wire = send_batch(ev) if type(ev) is list else send(ev)
             body = wire[wire.index(b"\r\n\r\n") + 4 :] if fr == "lsp" else wire
             assert json.loads(body) == m, (body, m)
-        for _ in range(repeat):
-            for name, make in impls.items():
-                fn = make()
-                dt, (n, _b) = clock(fn)
-                runs.setdefault(name, []).append(n / dt)
+        runs = interleaved(impls, repeat, lambda res: res[0])
         med = {k: median(v) for k, v in runs.items()}
         results[f"encode {fr}"] = med
         floor = med["floor_stdlib"]
@@ -403,7 +407,7 @@ def bench_bytes(msgs: list[Any], repeat: int, results: dict[str, Any]) -> None:
     for fr in W.FRAMINGS:
         data = W.frame(msgs, fr)
         chunks = [data[i : i + 1] for i in range(len(data))]
-        runs: dict[str, list[float]] = {}
+
         def make(fr: str = fr, chunks: list[bytes] = chunks) -> Callable[[], Any]:
             conn = awaiting_connection(fr, "json", ids)  # (untimed)
             return lambda: ezipc_decode(conn, chunks)
@@ -412,11 +416,7 @@ def bench_bytes(msgs: list[Any], repeat: int, results: dict[str, Any]) -> None:
             "floor_stdlib": lambda: lambda: floor_stdlib_decode(chunks, fr),  # noqa: B023
             "ezipc json": make,
         }
-        for _ in range(repeat):
-            for name, make in impls.items():
-                fn = make()
-                dt, _n = clock(fn)
-                runs.setdefault(name, []).append(len(msgs) / dt)
+        runs = interleaved(impls, repeat, lambda _n: len(msgs))
         med = {k: median(v) for k, v in runs.items()}
         results[f"bytes {fr}"] = med
         x = paired(runs, "ezipc json", "floor_stdlib")
