@@ -230,7 +230,7 @@ class Remote(RemoteBase):
         self.server: Server | None = server
         self._wire = wire
         self._tg: anyio.abc.TaskGroup | None = None
-        self._timer_wanted = anyio.Event()
+        self._timer_wanted = self._new_event()
         self._closing = anyio.Event()
         self._finished = anyio.Event()
         self._kicking = False
@@ -515,5 +515,5 @@ class Remote(RemoteBase):
             else:
                 with anyio.move_on_after(math.inf if at is None else at - now):
                     await self._timer_wanted.wait()
-                self._timer_wanted = anyio.Event()
+                self._timer_wanted = self._new_event()
             self._kick()

@@ -80,6 +80,7 @@ def on_asyncio() -> bool:
 
 class Event(Protocol):
     def set(self) -> None: ...
+    def is_set(self) -> bool: ...
     async def wait(self) -> Any: ...
 
 
@@ -171,8 +172,9 @@ class StreamWire(Wire):
         self._writing = False
         self._reading = True
         self._reader_kicking = False
-        self._write_wanted = anyio.Event()
-        self._drained = anyio.Event()
+        self._new_event = native_event_class()
+        self._write_wanted = self._new_event()
+        self._drained = self._new_event()
 
     def start(self, remote: Remote, tg: anyio.abc.TaskGroup) -> None:
         self.remote = remote
@@ -210,7 +212,7 @@ class StreamWire(Wire):
 
     async def _wait_drained(self) -> None:
         if self._drained.is_set():
-            self._drained = anyio.Event()
+            self._drained = self._new_event()
         await self._drained.wait()
 
     async def _read_loop(self) -> None:
@@ -256,7 +258,7 @@ class StreamWire(Wire):
             if not data:
                 self._drained.set()
                 await self._write_wanted.wait()
-                self._write_wanted = anyio.Event()
+                self._write_wanted = self._new_event()
                 continue
             if not await self._send(data):
                 return
