@@ -443,6 +443,8 @@ class Remote(CallerReads, RemoteBase):
         futex calls per request, by strace: 9 -> 0.6)."""
         while True:
             self._serve_one(job, handler, token)
+            # (ThreadPoolExecutor's queue of jobs not yet taken: work for other threads
+            # waits there, so this one goes back; a pool without it: no reading)
             queue = getattr(self._pool, "_work_queue", None)
             if (
                 not self._caller_may_read
