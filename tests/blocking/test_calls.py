@@ -119,6 +119,7 @@ def test_submit_returns_futures_and_runs_callbacks_in_workers() -> None:
     server.hook_request("fail", lambda: (_ for _ in ()).throw(RemoteError(7, "seven", {"x": 1})))
     done: list[tuple[str, Any]] = []
     all_done = threading.Event()
+
     def callback(future: Future[Any]) -> None:
         # A callback may call the peer: it runs in a worker, never on the reader thread.
         done.append((threading.current_thread().name, future.exception() or future.result()))
@@ -192,8 +193,12 @@ def test_calls_on_a_closed_remote_raise_connection_closed() -> None:
         assert remote.request("add", [1, 2]) == 3
         remote.close()
         assert remote.closed
-        for call in (lambda: remote.request("add", [1, 2]), lambda: remote.notify("x"),
-                     lambda: remote.submit("add", [1, 2]), lambda: remote.batch([("add", [1, 2])])):
+        for call in (
+            lambda: remote.request("add", [1, 2]),
+            lambda: remote.notify("x"),
+            lambda: remote.submit("add", [1, 2]),
+            lambda: remote.batch([("add", [1, 2])]),
+        ):
             with pytest.raises(ConnectionClosed):
                 call()
         remote.close()  # twice is fine
@@ -214,7 +219,8 @@ def test_async_handlers_run_to_completion_in_a_worker() -> None:
 
 
 def test_a_call_from_the_peer_read_by_a_caller_before_the_reading_thread_runs(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The server's call may arrive before the I/O thread has begun to serve the
     connection: it must still be served."""
     import ezipc_adapters._blocking as impl
@@ -256,3 +262,27 @@ def test_every_callback_runs_even_when_the_answer_is_instant() -> None:
         assert [f.result(timeout=10) for f in futures] == list(range(count))
         assert all_done.wait(10)
     assert sorted(seen) == list(range(count))
+
+
+def test_answers_arrive_when_nobody_reads_for_them() -> None:
+    """After a submit the I/O thread leaves the socket to the caller's result() for a
+    moment; a program that never calls result() (it waits with concurrent.futures.wait,
+    or a callback) still gets every answer, and the server's calls back, from the I/O
+    thread once that moment is over."""
+    import concurrent.futures
+
+    server = Server()
+    server.hook_request("twice", lambda remote, x: remote.request("client/double", [x]))
+    client = Client()
+    client.hook_request("client/double", lambda x: 2 * x)
+    with serving(server) as (address,), client.connect(address) as remote:
+        for round in range(20):
+            futures = [remote.submit("twice", [i]) for i in range(5)]
+            done, pending = concurrent.futures.wait(futures, timeout=5)
+            assert not pending, f"round {round}: answers not read"
+            assert sorted(f.result() for f in done) == [0, 2, 4, 6, 8]
+            time.sleep(0.002 * (round % 3))  # (sometimes past the caller's moment, sometimes not)
+        got: list[int] = []
+        finished = threading.Event()
+        remote.submit("twice", [21], callback=lambda f: (got.append(f.result()), finished.set()))
+        assert finished.wait(5) and got == [42]
