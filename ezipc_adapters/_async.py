@@ -332,7 +332,7 @@ class Remote(RemoteBase):
                     jobs += 1
                     if (jobs >= STREAM_EVERY or session.output_size >= STREAM_AT) and session.output_size:
                         jobs = 0
-                        if not wire.output_large():
+                        if not wire.output_due():
                             break
                 elif ev is NEED_DATA or ev is PAUSED:
                     break

@@ -126,9 +126,10 @@ class Wire:
     def output_ready(self) -> None:
         raise NotImplementedError
 
-    def output_large(self) -> bool:
-        """The session's output reached ``STREAM_AT`` while a chunk's work is done: send
-        it now if the wire can. False: stop that work here (the reader sends, then goes on)."""
+    def output_due(self) -> bool:
+        """Part of a chunk's answers is due (``STREAM_EVERY`` answers, or ``STREAM_AT``
+        bytes): send it now if the wire can. False: stop that work here (the reader sends,
+        then goes on)."""
         self.output_ready()
         return True
 
@@ -185,7 +186,7 @@ class StreamWire(Wire):
         if not self._writing:
             self._write_wanted.set()
 
-    def output_large(self) -> bool:
+    def output_due(self) -> bool:
         if self._reader_kicking and not self._writing and self.remote._session.output_size <= _SEND_DIRECTLY:
             return False  # (the reader sends it at once, as its loop does, and kicks again)
         self.output_ready()
@@ -283,10 +284,11 @@ class StreamWire(Wire):
 
 class ProtocolWire(asyncio.Protocol, Wire):
     """A plain socket on asyncio (or uvloop): the loop calls ``data_received``, which
-    feeds the session and does what it says; what that produced is written when it is
-    done, in one write. What tasks produce (requests, async handlers' answers) is written
-    at the end of the loop iteration, all of it in one write: 64 pipelined requests cost
-    one system call, not 64. ``on_connect`` is called with the wire once the transport is
+    feeds the session and does what it says; what that produced is written every
+    ``STREAM_EVERY`` answers or ``STREAM_AT`` bytes, and the rest when it is done. What
+    tasks produce (requests, async handlers' answers) is written at the end of the loop
+    iteration, all of it in one write (unless it reaches ``STREAM_AT``): 64 pipelined
+    requests cost one system call, not 64. ``on_connect`` is called with the wire once the transport is
     there (a server's accept)."""
 
     def __init__(self, on_connect: Callable[[ProtocolWire], None] | None = None) -> None:
@@ -377,7 +379,7 @@ class ProtocolWire(asyncio.Protocol, Wire):
         for data in early:
             self._receive(data)
 
-    def output_large(self) -> bool:
+    def output_due(self) -> bool:
         self._write_now()
         return True
 
