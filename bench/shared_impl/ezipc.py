@@ -2,7 +2,8 @@
 default). ``ezipc_fast.py`` is the same with ``codec="msgspec"``. Drop both into the shared
 harness's ``impls/`` (``bench/run_shared.sh`` does).
 
-Decode: ``receive_data(chunk)`` per chunk, then ``next_event()`` up to ``NEED_DATA``: the
+Decode: ``receive_data(chunk)`` per chunk, then, unless it answered False (no frame can be
+complete yet), ``next_event()`` up to ``NEED_DATA``: the
 core frames, decodes and validates everything and builds one event per message (a batch
 gives one per member). Frames = events minus the batches' extra members (counted once per
 batch, as the connection queues them); ``InvalidMessage`` events are the rejections.
@@ -101,7 +102,8 @@ def decode_with(codec: str, chunks: list[bytes], framing: str) -> tuple[int, int
     receive, next_event = conn.receive_data, conn.next_event
     events = rejected = 0
     for chunk in chunks:
-        receive(chunk)
+        if not receive(chunk):  # surely NEED_DATA (saves a call per tiny chunk)
+            continue
         while (event := next_event()) is not NEED_DATA:
             events += 1
             if type(event) is InvalidMessage:

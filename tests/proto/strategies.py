@@ -254,24 +254,27 @@ def run_stream(conn: Connection, chunks: Iterator[bytes] | list[bytes], *, eof: 
                answer: bool = True) -> tuple[list[Event], str, bytes]:
     """Feed ``chunks`` and drain after each, as an application would: answer every
     request, write every reply. Only ``RemoteProtocolError`` may escape ``next_event``, and
-    only with headers to break. Checks the memory bound after every chunk. Returns the
-    events (in order), how it ended, and every byte written."""
+    only with headers to break. Checks the memory bound after every chunk, and that when
+    ``receive_data`` answers False, ``next_event`` has nothing. Returns the events (in
+    order), how it ended, and every byte written."""
     events: list[Event] = []
     written = b""
     total = 0
     for chunk in chunks:
         total += len(chunk)
-        conn.receive_data(chunk)
+        may = conn.receive_data(chunk)
         try:
             for _ in range(total + 2):  # bounded: an event needs at least one byte
                 event = conn.next_event()
                 if event is NEED_DATA:
                     break
+                assert may, f"receive_data({chunk!r}) said False, yet next_event gave {event!r}"
                 events.append(event)
                 written += _react(conn, event, answer)
             else:
                 raise AssertionError("next_event never returned NEED_DATA")
         except RemoteProtocolError:
+            assert may, f"receive_data({chunk!r}) said False, yet next_event raised"
             assert conn.framing in ("content-length", "auto"), conn.framing
             assert conn.their_state is State.ERROR
             # it stays broken, and stops buffering
@@ -286,7 +289,7 @@ def run_stream(conn: Connection, chunks: Iterator[bytes] | list[bytes], *, eof: 
         assert buffered(conn) <= buffer_bound(conn, len(chunk)), (buffered(conn), len(chunk))
     if not eof:
         return events, "open", written
-    conn.receive_data(b"")
+    assert conn.receive_data(b"") is True
     for _ in range(total + 2):
         event = conn.next_event()
         assert event is not NEED_DATA
