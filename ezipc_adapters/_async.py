@@ -31,7 +31,7 @@ from ezipc_proto import (
     Settle,
 )
 
-from ._async_io import STREAM_AT, STREAM_EVERY, Event, Wire, loop_clock, native_event_class
+from ._async_io import STREAM_AT, STREAM_EVERY, Wire, loop_clock, native_event_class, native_parking
 from ._options import Options
 from ._registry import Handler, Hooks, call_handler, log, not_found
 from ._serving import RemoteBase
@@ -90,7 +90,7 @@ class Call(_Sending[Any]):
     the request is cancelled on the wire. A call that fails with nobody ever looking at
     its outcome is logged when it is garbage collected."""
 
-    __slots__ = ("remote", "id", "method", "_done", "_result", "_error", "_event", "_callback", "_seen")
+    __slots__ = ("remote", "id", "method", "_done", "_result", "_error", "_waiters", "_callback", "_seen")
 
     def __init__(self, remote: Remote, method: str, callback: Callable[[Call], Any] | None) -> None:
         super().__init__()
@@ -100,7 +100,7 @@ class Call(_Sending[Any]):
         self._done = False
         self._result: Any = None
         self._error: BaseException | None = None
-        self._event: Event | None = None
+        self._waiters: list[Any] | None = None  # one per waiting task (see Parking)
         self._callback = callback
         self._seen = callback is not None
 
@@ -141,11 +141,16 @@ class Call(_Sending[Any]):
     async def wait(self) -> Any:
         self._seen = True
         if not self._done:
-            if self._event is None:
-                self._event = self.remote._new_event()
+            parking = self.remote._parking
+            waiter = parking.new()
+            if self._waiters is None:
+                self._waiters = [waiter]
+            else:
+                self._waiters.append(waiter)
             try:
-                await self._event.wait()
+                await parking.awaitable(waiter)
             except BaseException:
+                self._waiters.remove(waiter)
                 if not self._done:  # our task was cancelled: the peer need not go on
                     self.remote._cancel(self)
                 raise
@@ -155,8 +160,10 @@ class Call(_Sending[Any]):
         self._done = True
         self._result = result
         self._error = error
-        if self._event is not None:
-            self._event.set()
+        if self._waiters:
+            wake = self.remote._parking.wake
+            for waiter in self._waiters:
+                wake(waiter)
         if self._callback is not None:
             self.remote._run_callback(self._callback, self)
 
@@ -216,6 +223,7 @@ class Remote(RemoteBase):
     def __init__(self, wire: Wire, hooks: Hooks, options: Options, *, server: Server | None = None) -> None:
         self._loop_time = loop_clock()
         self._new_event = native_event_class()
+        self._parking = native_parking()
         super().__init__(
             hooks,
             options,

@@ -19,7 +19,7 @@ import os
 import socket
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
@@ -92,6 +92,59 @@ def native_event_class() -> Callable[[], Event]:
     import trio
 
     return trio.Event
+
+
+class Parking(Protocol):
+    """Where tasks wait for a call's answer: ``new()`` makes one waiting task's waiter,
+    ``awaitable(w)`` is what it awaits, ``wake(w)`` wakes it (a waiter whose task was
+    cancelled is left alone). One waiter per task: a task cancelled while it waits
+    cancels the request, and every other task waiting gets the call's outcome
+    (``RequestCancelled``), not a cancellation of its own."""
+
+    def new(self) -> Any: ...
+    def awaitable(self, waiter: Any) -> Awaitable[Any]: ...
+    def wake(self, waiter: Any) -> None: ...
+
+
+class AsyncioParking:
+    """On asyncio a waiter is a bare future, awaited directly. ``asyncio.Event`` costs
+    ~1.5 µs more per call (a lock on its first wait, a coroutine frame, a deque): 64
+    pipelined calls, add, interleaved runs: 60-62k -> 65-69k calls/s."""
+
+    def __init__(self) -> None:
+        self.new = asyncio.get_running_loop().create_future
+
+    @staticmethod
+    def awaitable(waiter: asyncio.Future[None]) -> Awaitable[Any]:
+        return waiter
+
+    @staticmethod
+    def wake(waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():  # (done: its task was cancelled)
+            waiter.set_result(None)
+
+
+class TrioParking:
+    """On trio a waiter is a ``trio.Event``: ``anyio.Event()`` looks the backend up and
+    wraps one, ~2 µs of each call."""
+
+    def __init__(self) -> None:
+        import trio
+
+        self.new = trio.Event
+
+    @staticmethod
+    def awaitable(waiter: Any) -> Awaitable[Any]:
+        return waiter.wait()  # type: ignore[no-any-return]
+
+    @staticmethod
+    def wake(waiter: Any) -> None:
+        waiter.set()
+
+
+def native_parking() -> Parking:
+    """The running backend's parking for calls' waiting tasks."""
+    return AsyncioParking() if on_asyncio() else TrioParking()
 
 
 def loop_clock() -> Callable[[], float]:

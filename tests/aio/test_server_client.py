@@ -431,6 +431,30 @@ async def test_call_cancel_tells_the_peer() -> None:
             await cancelled.wait()
 
 
+async def test_a_cancelled_waiter_cancels_the_call_and_the_others_see_that() -> None:
+    server = Server()
+    server.hook_request("forever", anyio.sleep_forever)
+    outcomes: list[str] = []
+
+    async def wait(call: Call) -> None:
+        try:
+            await call
+        except RequestCancelled:
+            outcomes.append("RequestCancelled")
+
+    async with serving(server) as (address,), connect(address) as remote:
+        call = remote.request("forever")
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait, call)
+                tg.start_soon(wait, call)
+                with anyio.move_on_after(0.1) as scope:
+                    await call  # all three wait; this one's wait is cancelled, so is the call
+                assert scope.cancelled_caught
+        assert outcomes == ["RequestCancelled"] * 2
+        assert call.done() and isinstance(call.exception(), RequestCancelled)
+
+
 async def test_requests_after_close_raise_connection_closed() -> None:
     async with serving(make_server()) as (address,):
         async with connect(address) as remote:
