@@ -47,6 +47,8 @@ import re, sys
 src, dst, root, rev = sys.argv[1:]
 text = open(src).read()
 text = re.sub(r'^NAME = "([^"]*)"', lambda m: f'NAME = "{m[1]} @{rev}"', text, count=1, flags=re.M)
+# a row built on another (ezipc_fast on ezipc) uses the baseline's copy of it
+text = re.sub(r'^from impls import (ezipc\w*)', r'from impls import base_\1', text, flags=re.M)
 hook = f"import sys as _sys\n\n_sys.path.insert(0, {root!r})  # the baseline's packages first\n"
 future = "from __future__ import annotations\n"
 text = text.replace(future, future + hook, 1) if future in text else hook + text
