@@ -5,8 +5,10 @@ pipes, with threads and no event loop.
   reads, feeds the sessions and keeps their timers: a server's is the thread that runs
   ``serve_forever``; the process's blocking clients share one. It never runs a handler.
 * Handlers run in a ``concurrent.futures`` pool (``max_workers`` threads per server or
-  client). A handler that takes a ``cancelled`` parameter gets a ``threading.Event``,
-  set when the peer cancels the request or the connection ends.
+  client), a connection's in turn by its runners: one more joins while its jobs wait
+  with every runner in a handler (``_blocking_runners.py``). A handler that takes a
+  ``cancelled`` parameter gets a ``threading.Event``, set when the peer cancels the
+  request or the connection ends.
 * Writing: whoever made bytes (the I/O thread, a handler, a caller of ``request``) sends
   them at once, without blocking, under the connection's lock. What the socket does not
   take waits for the I/O thread, and meanwhile nothing more is taken from the session, so
@@ -40,8 +42,9 @@ from ezipc_proto import (
     Settle,
 )
 
-from ._blocking_callers import WORKER_GRACE, CallerReads, CallFuture, NextJob, Waiter
+from ._blocking_callers import CallerReads, CallFuture, NextJob, Waiter
 from ._blocking_io import Loop, PipeStream, SocketStream, Stream, linger, monotonic
+from ._blocking_runners import Runners
 from ._options import Options
 from ._peer import PeerCredentials
 from ._registry import Handler, Hooks, call_handler, log, not_found
@@ -70,7 +73,7 @@ def _run_awaitable(value: Any) -> Any:
     return asyncio.run(wait())
 
 
-class Remote(CallerReads, RemoteBase):
+class Remote(CallerReads, Runners, RemoteBase):
     """The other end of one connection; the same on both sides, and thread-safe.
 
     ``request`` (blocks for the answer), ``submit`` (returns a ``Future`` at once),
@@ -121,6 +124,7 @@ class Remote(CallerReads, RemoteBase):
         self._writing = False  # a thread sends, outside the lock (see _take_output_locked)
         self._combine = type(stream) is SocketStream or type(stream) is PipeStream
         self._init_reading(stream)
+        self._init_runners()
         self._watching = (False, False)  # what the loop watches: (readable, writable)
         self._timer_at = math.inf
         self._closing = False
@@ -404,9 +408,9 @@ class Remote(CallerReads, RemoteBase):
             ev.context = token
             reader = self._caller_reading
             if type(reader) is NextJob and not reader.job and threading.get_ident() == self._reader_ident:
-                reader.job = (ev, handler, token)  # (this worker runs it: see _serve)
+                reader.job = (ev, handler, token)  # (this worker runs it: see _run_jobs)
                 return
-            self._submit(self._serve, ev, handler, token)
+            self._queue_job((ev, handler, token))
         elif kind is Interrupt:
             if ev.job.context is not None:
                 ev.job.context.set()
@@ -434,31 +438,6 @@ class Remote(CallerReads, RemoteBase):
             self._loop.call_soon(fn)
 
     # ---- handlers (worker threads) ---------------------------------------------------
-
-    def _serve(self, job: Job, handler: Handler | None, token: threading.Event | None) -> None:
-        """Run ``job``; then, if the pool has nothing waiting and nobody reads the
-        connection, read it for the next request (for WORKER_GRACE at most) and run
-        that too: a sequential peer's requests then take no thread hop and no turn of
-        the GIL between the I/O thread and a worker (sequential calls: 140-160 -> 125 µs here;
-        futex calls per request, by strace: 9 -> 0.6)."""
-        while True:
-            self._serve_one(job, handler, token)
-            # (ThreadPoolExecutor's queue of jobs not yet taken: work for other threads
-            # waits there, so this one goes back; a pool without it: no reading)
-            queue = getattr(self._pool, "_work_queue", None)
-            if (
-                not self._caller_may_read
-                or self._caller_reading is not None
-                or queue is None
-                or queue.qsize()
-                or self._io_over()
-            ):
-                return
-            waiter = NextJob()
-            self._read_for(waiter, monotonic() + WORKER_GRACE)
-            if waiter.job is None:
-                return
-            job, handler, token = waiter.job
 
     def _serve_one(self, job: Job, handler: Handler | None, token: threading.Event | None) -> None:
         if job.state is JobState.INTERRUPTED:  # answered while it waited for a worker

@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from ._blocking import Remote
 
 GRACE = 0.001  # how long the loop stays aside after a caller read for itself
-WORKER_GRACE = 0.001  # how long a worker that has answered reads for the next request
 
 
 class Waiter:
@@ -56,7 +55,7 @@ class Waiter:
 
 class NextJob:
     """A worker that has answered waits, reading the connection itself, for the next
-    request, to run it at once (see Remote._serve)."""
+    request, to run it at once (see ``Runners._run_jobs``)."""
 
     __slots__ = ("job", "wake")
 

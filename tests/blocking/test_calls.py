@@ -88,6 +88,26 @@ def test_a_ping_is_answered_while_handlers_are_busy() -> None:
         assert all(f.result(timeout=5) is True for f in blocked)
 
 
+def test_a_request_read_with_a_blocked_one_still_runs() -> None:
+    """Two requests in one read, run by one runner in turn: the first handler blocks,
+    so another runner joins (once the second has waited RUNNER_GRACE) and answers it."""
+    import json
+    import socket
+
+    server = Server()
+    release = threading.Event()
+    server.hook_request("block", lambda: release.wait(10))
+    server.hook_request("ping", lambda: "pong")
+    with serving(server) as (address,):
+        host, port = address.removeprefix("tcp://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=5) as sock, sock.makefile("rb") as lines:
+            sock.sendall(b'{"jsonrpc":"2.0","id":1,"method":"block"}\n{"jsonrpc":"2.0","id":2,"method":"ping"}\n')
+            assert json.loads(lines.readline()) == {"jsonrpc": "2.0", "id": 2, "result": "pong"}
+            assert not release.is_set()
+            release.set()
+            assert json.loads(lines.readline()) == {"jsonrpc": "2.0", "id": 1, "result": True}
+
+
 def test_many_threads_share_one_remote_and_each_gets_its_own_answer() -> None:
     server = Server()
     server.hook_request("echo", lambda value: value)

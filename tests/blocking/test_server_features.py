@@ -209,3 +209,17 @@ def test_idle_connections_hold_no_thread_and_dropping_them_all_is_quick() -> Non
             assert remote.request("ping") == "pong"
         wait_for(lambda: not server.remotes)
         assert time.monotonic() - t0 < 1.5
+
+
+def test_a_burst_of_quick_calls_takes_few_threads() -> None:
+    """Pipelined calls whose handlers take microseconds are run in turn by the
+    connection's runner, not by a pool thread each: the pool does not grow to
+    max_workers for them (about 180 KiB of memory a thread, and no faster)."""
+    server = Server(max_workers=32)
+    server.hook_request("add", lambda a, b: a + b)
+    with serving(server) as (address,), connect(address) as remote:
+        for _ in range(5):
+            futures = [remote.submit("add", [i, 1]) for i in range(200)]
+            assert [f.result(timeout=10) for f in futures] == [i + 1 for i in range(200)]
+        workers = [t for t in threading.enumerate() if t.name.startswith("ezipc-worker")]
+        assert 1 <= len(workers) <= 8, len(workers)
