@@ -39,6 +39,7 @@ class Runners:
     _loop: Loop
     _caller_may_read: bool
     _caller_reading: Waiter | CallFuture | NextJob | None
+    _ended: bool
 
     def _submit(self, fn: Any, *args: Any) -> None:
         raise NotImplementedError
@@ -81,7 +82,7 @@ class Runners:
         (which may block, or wait for its peer): one more runner. Again in RUNNER_GRACE
         while jobs wait."""
         with self._jobs_lock:
-            self._check_due = bool(self._jobs)
+            self._check_due = bool(self._jobs) and not self._ended  # (ended: runners drain)
             if not self._check_due:
                 return
             stuck = not self._free and self._jobs[0][1] <= now - RUNNER_GRACE
