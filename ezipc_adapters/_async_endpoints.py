@@ -272,7 +272,7 @@ class Server(ServerBase[Remote]):
 
     async def _main(self, addresses: Sequence[str], ready: Callable[[list[str]], Any] | None) -> None:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._watch_signals)
+            await tg.start(self._watch_signals)  # (before anything listens: see there)
             bound = await tg.start(self._serve_then_stop, addresses, tg.cancel_scope)
             if ready is not None:
                 ready(bound)
@@ -287,15 +287,24 @@ class Server(ServerBase[Remote]):
         await self.serve(*addresses, task_status=task_status)
         scope.cancel()
 
-    async def _watch_signals(self) -> None:
-        try:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    self._log_signal(signum)
-                    self.shutdown()
-                    return
-        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or Windows
-            await anyio.sleep_forever()
+    async def _watch_signals(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Shut down on SIGINT or SIGTERM. Started before the server listens: a signal
+        sent as soon as its socket appears would otherwise meet the default action (trio
+        may run this task after the one that binds), killing it with its socket left."""
+        with contextlib.ExitStack() as stack:
+            try:
+                signals = stack.enter_context(anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM))
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or Windows
+                task_status.started()
+                await anyio.sleep_forever()
+                return
+            task_status.started()
+            async for signum in signals:
+                self._log_signal(signum)
+                self.shutdown()
+                return
 
     def shutdown(self) -> None:
         """Begin a graceful shutdown (call it from the server's event loop thread)."""
