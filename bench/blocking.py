@@ -247,13 +247,13 @@ def profile(side: str, n: int) -> None:
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
         return
     # The server's hot path runs in its I/O thread (the selector loop) and its pool
-    # workers (the handlers): profile them all.
+    # runners (the pool threads that run handlers): profile them all.
     import ezipc_adapters._blocking as B
     import ezipc_adapters._blocking_io as BIO
     from ezipc_adapters.blocking import Server
 
     profiles: list[cProfile.Profile] = []
-    original_loop, original_serve = BIO.Loop.run, B.Remote._serve
+    original_loop, original_run = BIO.Loop.run, B.Remote._run_jobs
 
     def wrap(fn: Any) -> Any:
         def run(*args: Any) -> Any:
@@ -267,7 +267,7 @@ def profile(side: str, n: int) -> None:
         return run
 
     BIO.Loop.run = wrap(original_loop)  # type: ignore[method-assign]
-    B.Remote._serve = wrap(original_serve)  # type: ignore[method-assign]
+    B.Remote._run_jobs = wrap(original_run)  # type: ignore[method-assign]
     server = Server(framing="ndjson")
     server.hook_request("add", lambda a, b: a + b)
     port = int(server.serve_in_thread("tcp://127.0.0.1:0")[0].rsplit(":", 1)[1])
