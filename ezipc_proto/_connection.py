@@ -153,6 +153,11 @@ class Connection:
         self._feed = self._framer.feed
         self._accepting = True  # bytes are taken: no EOF, no framing error yet
         self._quiet = False  # next_event has nothing to give until the framer says so
+        # While quiet: what the framer's feed would do (see receive_data).
+        self._framer_sink = getattr(self._framer, "sink", None)
+        self._sink: bytearray | None = None
+        self._sink_full = 0
+        self._sink_by_length = True  # (else a newline may end a frame too)
         self._encode_raw = self.codec.encode
         self._frame = self._framer.frame
         self.max_message_size = max_message_size
@@ -223,6 +228,18 @@ class Connection:
         Returns False when ``next_event`` would surely answer ``NEED_DATA`` (no frame can
         be complete yet), else True. Ignoring it is always correct; a caller that feeds
         tiny pieces (a serial line) may skip ``next_event`` on False."""
+        # While quiet, all the framer's feed would do is append and check, so it is done
+        # here, without a call (1-byte chunks, NDJSON / Content-Length, ns a byte:
+        # 300 / 310 -> 200 / 205; x floor_stdlib in bench/core.py: 0.91x / 0.41x ->
+        # 1.2x / 0.65x. The floor's loop makes no call at all.)
+        sink = self._sink  # (set only while quiet and accepting: see next_event)
+        if sink is not None and data:
+            sink += data
+            if len(sink) < self._sink_full and (self._sink_by_length or 10 not in data):
+                return False
+            self._sink = None
+            self._quiet = False
+            return True
         if data and self._accepting:
             # The framer says whether a frame may be complete now; until one may,
             # next_event answers NEED_DATA at once, and we say so. Fed a byte at a
@@ -239,6 +256,7 @@ class Connection:
         if not data:
             self._eof = True
             self._accepting = self._quiet = False
+            self._sink = None
         # (else: nothing more can be received after a framing error: don't buffer it)
         return True
 
@@ -269,6 +287,11 @@ class Connection:
                 if cut is None:
                     if not self._eof:
                         self._quiet = True  # (until the framer says a frame may be there)
+                        if self._framer_sink is not None:
+                            sink = self._framer_sink()
+                            if sink is not None:
+                                self._sink, self._sink_full, newline = sink
+                                self._sink_by_length = not newline
                         return NEED_DATA
                     self.their_state = TRANSITIONS[self.their_state, Closed]
                     self._closed = Closed(framer.unfinished())

@@ -36,6 +36,11 @@ OVERSIZE: Literal[_Oversize.OVERSIZE] = _Oversize.OVERSIZE
 Frame = bytes | bytearray | None | Literal[_Oversize.OVERSIZE]
 #: A frame already cut: a message body, or OVERSIZE in place of one.
 Cut = bytes | bytearray | Literal[_Oversize.OVERSIZE]
+#: What ``feed`` does while no frame can be complete, as data, so that a caller feeding
+#: tiny chunks can do it without a call: append to this buffer; a frame may be complete
+#: once the buffer reaches this length or, if the flag is set, once a chunk holds b"\n".
+#: It holds until ``next_frame`` is called again.
+Sink = tuple[bytearray, int, bool]
 
 _BLANK = frozenset(b" \t\r")
 #: The usual header block, alone: taken by one regular-expression match (in C).
@@ -90,6 +95,12 @@ class NdjsonFramer:
         buf += data
         # (``10 in data``: memchr, ~15 ns; ``b"\n" in data`` costs ~150 ns on 3.11)
         return 10 in data or len(buf) - self._start > self._max
+
+    def sink(self) -> Sink | None:
+        """What ``feed`` does now, as data (see ``Sink``); None while it discards."""
+        if self._skipping:
+            return None
+        return self._buf, self._start + self._max + 1, True
 
     def next_frame(self) -> Frame:
         ready = self.ready
@@ -181,6 +192,14 @@ class ContentLengthFramer:
         if self._need >= 0:
             return len(buf) - self._start >= self._need
         return 10 in data or len(buf) - self._start > MAX_HEADER_SIZE + 3  # (10: b"\n")
+
+    def sink(self) -> Sink | None:
+        """What ``feed`` does now, as data (see ``Sink``); None while it discards."""
+        if self._skip:
+            return None
+        if self._need >= 0:  # in a body: complete at its length
+            return self._buf, self._start + self._need, False
+        return self._buf, self._start + MAX_HEADER_SIZE + 4, True  # (as feed's check)
 
     def next_frame(self) -> Frame:
         ready = self.ready
@@ -416,6 +435,9 @@ class AutoFramer:
 
     def next_frame(self) -> Frame:
         return None if self.detected is None else self.detected.next_frame()
+
+    def sink(self) -> Sink | None:
+        return None if self.detected is None else self.detected.sink()
 
     def unfinished(self) -> bytes:
         return b"" if self.detected is None else self.detected.unfinished()
