@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from ._blocking import Remote
 
 GRACE = 0.001  # how long the loop stays aside after a caller read for itself
+# ... or after it took an answer read already (``result()`` of a settled future), but at
+# most this long after a caller last read: a thread that keeps taking answers that are
+# there already does not keep the others' unread for longer.
+COLLECT_MAX = 0.01
 
 
 class Waiter:
@@ -76,7 +80,17 @@ class CallFuture(Future[Any]):
         super().__init__()
         self._remote = remote
         self._callback = callback
+        self._id: Any = None  # the request's (set by submit before it returns the future)
         self.wake: Callable[[], None] | None = None
+
+    def cancel(self) -> bool:
+        """Cancel the call: the peer is told to cancel too, and ``callback`` runs."""
+        if not super().cancel():
+            return False
+        self._remote._cancel(self._id)
+        if self._callback is not None:
+            self._remote._submit(self._callback, self)
+        return True
 
     def _finished(self) -> bool:
         return self.done()
@@ -103,7 +117,11 @@ class CallFuture(Future[Any]):
     def _read(self, timeout: float | None) -> float | None:
         """Read for it (if it may); the time left of ``timeout``."""
         remote = self._remote
-        if self.done() or not remote._caller_may_read or threading.get_ident() == remote._loop.ident:
+        if self.done():
+            if remote._aside:  # (its caller collects answers: it will likely read the next)
+                remote._last_collect = monotonic()
+            return timeout
+        if not remote._caller_may_read or threading.get_ident() == remote._loop.ident:
             return timeout
         deadline = None if timeout is None else monotonic() + timeout
         remote._read_for(self, deadline)
@@ -137,6 +155,7 @@ class CallerReads:
         self._aside = False
         self._give_back_due = False
         self._last_read = 0.0  # when a caller last read for itself
+        self._last_collect = 0.0  # when a caller last took an answer read already
         self._reader_ident = 0
         self._wake_pipe: tuple[int, int] | None = None
         self._poller: Any = None  # (select.poll: made once)
@@ -205,11 +224,14 @@ class CallerReads:
         return schedule
 
     def _give_back(self, now: float) -> None:
-        """The loop reads again once no caller has read for GRACE (checked at most once
-        per GRACE: one timer at a time)."""
+        """The loop reads again once no caller has read for GRACE, nor taken an answer
+        for GRACE (nor read for COLLECT_MAX): checked at most once per GRACE, one timer
+        at a time."""
         with self._lock:
-            if self._caller_reading is not None or now < self._last_read + GRACE:
-                again = max(now, self._last_read) + GRACE
+            last_read = self._last_read
+            until = min(max(last_read, self._last_collect), last_read + COLLECT_MAX - GRACE) + GRACE
+            if self._caller_reading is not None or now < until:
+                again = max(now, until) if self._caller_reading is None else now + GRACE
             else:
                 again = None
                 self._give_back_due = self._aside = False

@@ -48,6 +48,7 @@ class Loop:
         self._timers: list[tuple[float, int, Callable[[float], None]]] = []
         self._seq = itertools.count()
         self._woken = False
+        self._selecting = False  # the loop thread waits in select
         self._stopping = False
         self.ident = 0  # the loop thread's, while it runs
 
@@ -64,9 +65,14 @@ class Loop:
 
     def call_at(self, when: float, fn: Callable[[float], None]) -> None:
         """``fn(now)`` on the loop thread once ``when`` has come."""
+        # The loop's own callbacks need no wake: it looks at its timers before it waits
+        # again (a reader's GRACE timer, re-armed from the loop every millisecond while
+        # callers read, cost a send, a receive and a turn of the loop each time). A
+        # signal handler on the loop thread, run while it waits in select, does.
+        on_loop = threading.get_ident() == self.ident and not self._selecting
         with self._lock:
             heapq.heappush(self._timers, (when, next(self._seq), fn))
-            wake = self._timers[0][2] is fn and not self._woken
+            wake = self._timers[0][2] is fn and not self._woken and not on_loop
             self._woken = self._woken or wake
         if wake:
             self._wake()
@@ -140,7 +146,12 @@ class Loop:
                     timeout: float | None = 0
                 else:
                     timeout = None if not timers else max(0.0, timers[0][0] - monotonic())
-                for key, mask in select(timeout):
+                self._selecting = True
+                try:
+                    ready = select(timeout)
+                finally:
+                    self._selecting = False
+                for key, mask in ready:
                     on_read, on_write = key.data
                     if mask & selectors.EVENT_READ and on_read:
                         self._safely(on_read)

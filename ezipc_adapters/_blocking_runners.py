@@ -153,4 +153,3 @@ class Runners:
             and not queue.qsize()
             and not self._io_over()
         )
-

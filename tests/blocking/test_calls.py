@@ -306,3 +306,31 @@ def test_answers_arrive_when_nobody_reads_for_them() -> None:
         finished = threading.Event()
         remote.submit("twice", [21], callback=lambda f: (got.append(f.result()), finished.set()))
         assert finished.wait(5) and got == [42]
+
+
+def test_taking_settled_answers_keeps_the_socket_only_briefly() -> None:
+    """A thread that takes answers already read (``result()`` of a settled future, as a
+    pipelining loop does) keeps the I/O thread from reading only for a while: a thread
+    that spins on one settled future does not keep a notification from the server unread
+    for as long as it spins."""
+    from ezipc_adapters import _blocking_callers
+
+    server = Server()
+
+    def poke(remote: Remote) -> str:
+        threading.Timer(0.05, remote.notify, ["poked"]).start()
+        return "soon"
+
+    server.hook_request("poke", poke)
+    client = Client()
+    arrived: list[float] = []
+    client.hook_notif("poked", lambda: arrived.append(time.monotonic()))
+    with serving(server) as (address,), client.connect(address) as remote:
+        future = remote.submit("poke")
+        assert future.result(timeout=5) == "soon"  # (read by this thread: the loop stands aside)
+        sent = time.monotonic()
+        while not arrived and time.monotonic() < sent + 1.0:
+            future.result()  # settled: nothing is read here
+        assert arrived, "the notification was not read while the caller spun"
+        # 50 ms until it is sent, then at most COLLECT_MAX (+ GRACE) before the loop reads
+        assert arrived[0] - sent < 0.05 + _blocking_callers.COLLECT_MAX + 0.2
