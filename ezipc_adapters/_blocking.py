@@ -504,13 +504,16 @@ class Remote(CallerReads, Runners, RemoteBase):
     def _watch(self) -> None:
         """Make the loop watch what it should (from any thread)."""
         with self._lock:
-            if self._ended:  # (its descriptors may be another connection's by now)
-                return
-            wanted = self._wanted_locked()
-            if wanted == self._watching:
-                return
-            self._watching = wanted
-            self._apply_watch(wanted)
+            self._watch_locked()
+
+    def _watch_locked(self) -> None:
+        if self._ended:  # (its descriptors may be another connection's by now)
+            return
+        wanted = self._wanted_locked()
+        if wanted == self._watching:
+            return
+        self._watching = wanted
+        self._apply_watch(wanted)
 
     def _apply_watch(self, wanted: tuple[bool, bool]) -> None:
         stream = self._stream

@@ -140,6 +140,9 @@ class CallerReads:
     def _watch(self) -> None:
         raise NotImplementedError
 
+    def _watch_locked(self) -> None:
+        raise NotImplementedError
+
     def _on_readable(self) -> None:
         raise NotImplementedError
 
@@ -165,9 +168,9 @@ class CallerReads:
         for GRACE at most, so that the waiter reads it."""
         with self._lock:
             schedule = not self._io_over() and self._stand_aside_locked()
+            self._watch_locked()
         if schedule:
             self._loop.call_at(self._last_read + GRACE, self._give_back)
-        self._watch()
 
     def _read_for(
         self, waiter: Waiter | CallFuture | NextJob, deadline: float | None = None, linger: bool = True
@@ -187,7 +190,7 @@ class CallerReads:
                 self._poller.register(self._stream.rfd, select.POLLIN)
                 self._poller.register(self._wake_pipe[0], select.POLLIN)
             wake_r, poller = self._wake_pipe[0], self._poller  # type: ignore[index]
-        self._watch()  # the loop stops reading this socket
+            self._watch_locked()  # the loop stops reading this socket
         waiter.wake = self._wake_reader
         try:
             while not waiter._finished():
@@ -211,9 +214,9 @@ class CallerReads:
                     self._close_wake_pipe()
                 elif linger:
                     schedule = self._stand_aside_locked()
+                self._watch_locked()  # (the loop reads again, if the connection is going away)
             if schedule:
                 self._loop.call_at(self._last_read + GRACE, self._give_back)
-            self._watch()  # (the loop reads again, if the connection is going away)
 
     def _stand_aside_locked(self) -> bool:
         """The loop leaves the socket to callers for the next GRACE; True if the timer
