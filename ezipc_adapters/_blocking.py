@@ -60,6 +60,10 @@ _HOOK_TIMEOUT = 10.0  # how long close() waits for the connection to end
 _local = threading.local()  # .ours: a thread of ours (a worker, or an I/O thread)
 
 
+# Events whose dispatch acts on the session only through _call (see _kick).
+_INERT = frozenset((Settle, Job, Interrupt))
+
+
 def _run_awaitable(value: Any) -> Any:
     """An async handler's result, computed in this (worker) thread with asyncio.run."""
     import asyncio  # (here: a blocking program need not load asyncio, ~2 MiB)
@@ -310,12 +314,12 @@ class Remote(CallerReads, Runners, RemoteBase):
                 return result
             again = self._paused
             for ev in events:
-                again = again or type(ev) is not Settle
+                again = again or type(ev) not in _INERT
                 self._dispatch(ev)
             if not again:
-                # Settling calls changes nothing in the session (what their callbacks
-                # do goes through _call), so there is nothing new to look for: a pass
-                # of the lock less per answer read.
+                # Settling a call, handing a job to a runner, interrupting one: none of
+                # it changes the session (what they lead to goes through _call), so
+                # there is nothing new to look for: a pass of the lock less per message.
                 return result
 
     def _report(self, outcome: Callable[[Any], Any]) -> None:

@@ -397,6 +397,7 @@ class Session:
         self._message_since: float | None = None
         self._received = 0  # messages received (valid or not)
         self._seen = 0  # ... when the slow-message clock was last looked at
+        self._rx_new = False  # bytes came since it was last looked at
         self._late = 0  # late answers the connection could not tell were late (see _on_error)
         self._dropped_logged = 0  # notifications_dropped when that was last logged
         self._drop_log_at = -1e18
@@ -459,6 +460,7 @@ class Session:
             return
         self._last_activity = self._last_rx = now
         self._stats.bytes_in += len(data)
+        self._rx_new = True
         self._conn.receive_data(data)
 
     def data_to_send(self) -> bytes:
@@ -559,7 +561,10 @@ class Session:
                 self.close(f"protocol error: {exc}", self._now)
                 return events.popleft()
             if ev is NEED_DATA:
-                if self.message_timeout is not None:
+                # (Nothing it looks at changes until bytes come: a driver asks again after
+                # every action, and need not pay for this each time.)
+                if self._rx_new and self.message_timeout is not None:
+                    self._rx_new = False
                     self._watch_slow_message()
                 return NEED_DATA
             kind = type(ev)
