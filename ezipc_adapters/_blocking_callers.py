@@ -15,6 +15,7 @@ import select
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures._base import FINISHED
 from typing import TYPE_CHECKING, Any
 
 from ezipc_proto import Job, Session
@@ -109,6 +110,13 @@ class CallFuture(Future[Any]):
             self._remote._submit(self._callback, self)
 
     def result(self, timeout: float | None = None) -> Any:
+        if self._state == FINISHED and self._exception is None:
+            # Settled with a result (final: no lock needed to read it), as a pipelining
+            # loop finds most: five calls and four turns of the future's lock less.
+            remote = self._remote
+            if remote._aside:  # (its caller collects answers: it will likely read the next)
+                remote._last_collect = monotonic()
+            return self._result
         return super().result(self._read(timeout))
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
