@@ -29,7 +29,10 @@ if TYPE_CHECKING:
 GRACE = 0.001  # how long the loop stays aside after a caller read for itself
 # ... or after it took an answer read already (``result()`` of a settled future), but at
 # most this long after a caller last read: a thread that keeps taking answers that are
-# there already does not keep the others' unread for longer.
+# there already does not keep the others' unread for longer. A pipelining loop reads a
+# chunk of answers, then takes them for a few ms: before, the loop took the socket back
+# meanwhile, and the two threads took turns at the GIL (64 pipelined submits to the
+# floor's server: the loop read 2216 times in a run, now 13; 17k -> 20-24k calls/s).
 COLLECT_MAX = 0.01
 
 
