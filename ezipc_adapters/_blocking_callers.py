@@ -15,7 +15,7 @@ import select
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from concurrent.futures._base import FINISHED
+from concurrent.futures._base import FINISHED, PENDING
 from typing import TYPE_CHECKING, Any
 
 from ezipc_proto import Job, Session
@@ -85,15 +85,21 @@ class CallFuture(Future[Any]):
         self._remote = remote
         self._callback = callback
         self._id: Any = None  # the request's (set by submit before it returns the future)
+        self._claimed = False  # a cancel() is telling the peer
         self.wake: Callable[[], None] | None = None
 
     def cancel(self) -> bool:
-        """Cancel the call: the peer is told to cancel too, and ``callback`` runs."""
+        """Cancel the call: the peer is told to cancel too, and ``callback`` runs (once,
+        however many times, and from however many threads, it is cancelled)."""
+        with self._condition:
+            first = self._state == PENDING and not self._claimed
+            self._claimed = self._claimed or first
         if not super().cancel():
             return False
-        self._remote._cancel(self._id)
-        if self._callback is not None:
-            self._remote._submit(self._callback, self)
+        if first:
+            self._remote._cancel(self._id)
+            if self._callback is not None:
+                self._remote._submit(self._callback, self)
         return True
 
     def _finished(self) -> bool:

@@ -141,9 +141,33 @@ def test_cancelling_a_future_tells_the_peer() -> None:
             future = remote.submit("slow")
             request = peer.receive()
             assert future.cancel()
+            assert future.cancel()  # (cancelled already: True, and nothing more is sent)
             assert peer.receive() == {"jsonrpc": "2.0", "method": "$/cancelRequest",
                                       "params": {"id": request["id"]}}
             assert remote.stats.requests_pending == 0 or remote._waiters == {}
+            remote.notify("marker")
+            assert peer.receive() == {"jsonrpc": "2.0", "method": "marker"}
+
+
+def test_a_future_cancelled_twice_runs_its_callback_once() -> None:
+    with raw_server() as (address, accept):
+        remote = connect(address)
+        peer = accept()
+        with remote:
+            calls: list[bool] = []
+            ran = threading.Event()
+            future = remote.submit("slow", callback=lambda f: (calls.append(f.cancelled()), ran.set()))
+            peer.receive()
+            threads = [threading.Thread(target=future.cancel) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(5)
+            assert ran.wait(5)
+            remote.notify("marker")  # (the cancel, once, then this)
+            assert peer.receive()["method"] == "$/cancelRequest"
+            assert peer.receive() == {"jsonrpc": "2.0", "method": "marker"}
+            assert calls == [True]
 
 
 def test_submit_timeout_fails_the_future_and_cancels() -> None:
