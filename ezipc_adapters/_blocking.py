@@ -191,8 +191,9 @@ class Remote(CallerReads, Runners, RemoteBase):
         thread that completes the future (often the I/O thread): keep them short and
         never wait in them."""
         future = CallFuture(self, callback)
-        request = lambda s: s.request(method, params, now=monotonic(), timeout=timeout, waiter=future)  # noqa: E731
-        future._id = self._call(request)
+        future._id = self._call(
+            lambda s: s.request(method, params, now=monotonic(), timeout=timeout, waiter=future)
+        )
         if self._caller_may_read and callback is None and not self._aside:
             # Its result() will likely read the answer: the loop stands aside until then
             # (GRACE at most), else the I/O thread reads and both threads take turns at
