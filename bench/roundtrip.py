@@ -3,6 +3,7 @@
     python bench/roundtrip.py            # asyncio, uvloop and trio; TCP and Unix sockets
     python bench/roundtrip.py --quick    # fewer calls
     python bench/roundtrip.py --loops asyncio --transports tcp --codec msgspec
+    python bench/roundtrip.py --loops uvloop --transports tcp --by-side   # which side costs what
 
 The floor is what you would write by hand with no library: bare asyncio streams, newline
 framing, ``json.loads``/``json.dumps``, a reader task matching answers to futures (the
@@ -111,11 +112,11 @@ async def drive(call: Any, plan: dict[str, int], sleep0: Any) -> dict[str, Any]:
             lat[int(len(lat) * 0.99)] / 1e3,
         )
         todo = iter(range(plan["pipe"]))
-        t0 = time.perf_counter()
+        start = time.perf_counter()
         async with anyio.create_task_group() as tg:
             for _ in range(64):
                 tg.start_soon(pipe_worker, call, method, todo)
-        rows[f"{method} pipe"] = plan["pipe"] / (time.perf_counter() - t0)
+        rows[f"{method} pipe"] = plan["pipe"] / (time.perf_counter() - start)
     return rows
 
 
@@ -168,7 +169,11 @@ async def client_floor(address: str, plan: dict[str, int]) -> dict[str, Any]:
 # ---- orchestration ---------------------------------------------------------------------
 
 
-def measure(impl: str, loop: str, transport: str, plan: dict[str, int], codec: str) -> dict[str, Any]:
+def measure(
+    impl: str, loop: str, transport: str, plan: dict[str, int], codec: str, client: str | None = None
+) -> dict[str, Any]:
+    """``impl``'s server against ``client``'s client (default: ``impl``'s too)."""
+    client = client or impl
     tmp = tempfile.mkdtemp(prefix="ezipc-bench-")
     if transport == "unix":
         address = f"unix:{tmp}/s.sock"
@@ -184,7 +189,7 @@ def measure(impl: str, loop: str, transport: str, plan: dict[str, int], codec: s
     )
     try:
         _wait_listening(address)
-        if impl == "floor":
+        if client == "floor":
             return _run_asyncio(client_floor(address, plan), loop == "uvloop")  # type: ignore[no-any-return]
         import anyio
 
@@ -214,6 +219,16 @@ def _wait_listening(address: str) -> None:
     raise RuntimeError(f"server on {address} did not start")
 
 
+def print_ratio(floor: dict[str, Any], row: dict[str, Any]) -> None:
+    print(
+        f"{'':8} {'':9} {'ratio':6} {floor['add seq'][0] / row['add seq'][0]:>21.2f}x"
+        f" {floor['echo seq'][0] / row['echo seq'][0]:>9.2f}x"
+        f" {row['add pipe'] / floor['add pipe']:>10.2f}x"
+        f" {row['echo pipe'] / floor['echo pipe']:>11.2f}x",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -222,6 +237,12 @@ def main() -> None:
     parser.add_argument("--loops", default="asyncio,uvloop,trio")
     parser.add_argument("--transports", default="tcp,unix")
     parser.add_argument("--codec", default="json", help="ezipc's codec: json or msgspec")
+    parser.add_argument(
+        "--by-side",
+        action="store_true",
+        help="also the floor's client against ezipc's server (fl>ez) and ezipc's client "
+        "against the floor's server (ez>fl), to see which side costs what",
+    )
     parser.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -262,13 +283,19 @@ def main() -> None:
                 )
                 if impl == "ezipc":
                     floor = floor_rows[(transport, loop)]
-                    print(
-                        f"{'':8} {'':9} {'ratio':6} {floor['add seq'][0] / a[0]:>21.2f}x"
-                        f" {floor['echo seq'][0] / row['echo seq'][0]:>9.2f}x"
-                        f" {row['add pipe'] / floor['add pipe']:>10.2f}x"
-                        f" {row['echo pipe'] / floor['echo pipe']:>11.2f}x",
-                        flush=True,
-                    )
+                    print_ratio(floor, row)
+                    for label, server, client in (("fl>ez", "ezipc", "floor"), ("ez>fl", "floor", "ezipc")):
+                        if not args.by_side:
+                            break
+                        mixed = measure(server, loop, transport, plan, args.codec, client=client)
+                        a = mixed["add seq"]
+                        print(
+                            f"{'':8} {'':9} {label:6} {a[0]:>9.0f} ({a[1]:.0f}/{a[2]:.0f})"
+                            f" {mixed['echo seq'][0]:>10.0f} {mixed['add pipe']:>11.0f}"
+                            f" {mixed['echo pipe']:>12.0f}",
+                            flush=True,
+                        )
+                        print_ratio(floor, mixed)
     print("ratio: >1 means ezipc is faster than the floor (latency: floor/ezipc; throughput: ezipc/floor)")
 
 
