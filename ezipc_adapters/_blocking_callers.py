@@ -27,13 +27,12 @@ if TYPE_CHECKING:
     from ._blocking import Remote
 
 GRACE = 0.001  # how long the loop stays aside after a caller read for itself
-# ... or after it took an answer read already (``result()`` of a settled future), but at
-# most this long after a caller last read: a thread that keeps taking answers that are
-# there already does not keep the others' unread for longer. A pipelining loop reads a
-# chunk of answers, then takes them for a few ms: before, the loop took the socket back
-# meanwhile, and the two threads took turns at the GIL (64 pipelined submits to the
-# floor's server: the loop read 2216 times in a run, now 13; 17k -> 20-24k calls/s).
-COLLECT_MAX = 0.01
+# ... or after it took an answer read already (``result()`` of a settled future). A
+# pipelining loop reads a chunk of answers, then takes them for a few ms: before, the
+# loop took the socket back meanwhile, and the two threads took turns at the GIL (64
+# pipelined submits to the floor's server: the loop read 2216 times in a run, now 13;
+# 17k -> 20-24k calls/s). Such a thread reads what has come at most GRACE after its last
+# read (a non-blocking look), so a message from the peer still waits about GRACE at most.
 
 
 class Waiter:
@@ -59,6 +58,19 @@ class Waiter:
 
     def _finished(self) -> bool:
         return self.done
+
+
+class Peek:
+    """A thread that takes settled answers looks for what has come, without waiting (see
+    ``CallerReads._collected``)."""
+
+    __slots__ = ("wake",)
+
+    def __init__(self) -> None:
+        self.wake: Callable[[], None] | None = None
+
+    def _finished(self) -> bool:
+        return False
 
 
 class NextJob:
@@ -122,9 +134,8 @@ class CallFuture(Future[Any]):
         if self._state == FINISHED and self._exception is None:
             # Settled with a result (final: no lock needed to read it), as a pipelining
             # loop finds most: five calls and four turns of the future's lock less.
-            remote = self._remote
-            if remote._aside:  # (its caller collects answers: it will likely read the next)
-                remote._last_collect = monotonic()
+            if self._remote._aside:
+                self._remote._collected()
             return self._result
         return super().result(self._read(timeout))
 
@@ -135,8 +146,8 @@ class CallFuture(Future[Any]):
         """Read for it (if it may); the time left of ``timeout``."""
         remote = self._remote
         if self.done():
-            if remote._aside:  # (its caller collects answers: it will likely read the next)
-                remote._last_collect = monotonic()
+            if remote._aside:
+                remote._collected()
             return timeout
         if not remote._caller_may_read or threading.get_ident() == remote._loop.ident:
             return timeout
@@ -167,7 +178,7 @@ class CallerReads:
         # A caller of request() may read its own answer (a plain socket; one caller at a
         # time): a thread hop less, about 50 µs of a sequential call here.
         self._caller_may_read = type(stream) is SocketStream
-        self._caller_reading: Waiter | CallFuture | NextJob | None = None
+        self._caller_reading: Waiter | CallFuture | NextJob | Peek | None = None
         # After a caller's read, the loop stays aside for GRACE (the next call's caller
         # likely reads too): the I/O thread neither takes the socket back nor competes
         # for the GIL meanwhile (64 pipelined submits: 19.6k -> 21.3k calls/s). What comes
@@ -175,7 +186,7 @@ class CallerReads:
         self._aside = False
         self._give_back_due = False
         self._last_read = 0.0  # when a caller last read for itself
-        self._last_collect = 0.0  # when a caller last took an answer read already
+        self._last_collect = 0.0  # when a caller last took a settled answer (see _collected)
         self._reader_ident = 0
         self._wake_pipe: tuple[int, int] | None = None
         self._poller: Any = None  # (select.poll: made once)
@@ -189,8 +200,22 @@ class CallerReads:
         if schedule:
             self._loop.call_at(self._last_read + GRACE, self._give_back)
 
+    def _collected(self) -> None:
+        """A thread took a settled answer while the loop stands aside: it likely reads the
+        next one too, so the loop stays aside; and once GRACE has passed since the last
+        read, this thread reads what has come meanwhile, without waiting."""
+        now = monotonic()
+        self._last_collect = now
+        if (
+            now >= self._last_read + GRACE
+            and self._caller_reading is None
+            and self._caller_may_read
+            and threading.get_ident() != self._loop.ident
+        ):
+            self._read_for(Peek(), now)
+
     def _read_for(
-        self, waiter: Waiter | CallFuture | NextJob, deadline: float | None = None, linger: bool = True
+        self, waiter: Waiter | CallFuture | NextJob | Peek, deadline: float | None = None, linger: bool = True
     ) -> None:
         """A caller waits for ``waiter``: it reads the socket itself (the loop stands
         aside), unless another caller does already; it returns once ``waiter`` is
@@ -244,12 +269,10 @@ class CallerReads:
         return schedule
 
     def _give_back(self, now: float) -> None:
-        """The loop reads again once no caller has read for GRACE, nor taken an answer
-        for GRACE (nor read for COLLECT_MAX): checked at most once per GRACE, one timer
-        at a time."""
+        """The loop reads again once no caller has read for GRACE, nor taken a settled
+        answer (see ``_collected``): checked at most once per GRACE, one timer at a time."""
         with self._lock:
-            last_read = self._last_read
-            until = min(max(last_read, self._last_collect), last_read + COLLECT_MAX - GRACE) + GRACE
+            until = max(self._last_read, self._last_collect) + GRACE
             if self._caller_reading is not None or now < until:
                 again = max(now, until) if self._caller_reading is None else now + GRACE
             else:

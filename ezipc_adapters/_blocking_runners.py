@@ -17,7 +17,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from ._blocking_callers import NextJob, Waiter
+from ._blocking_callers import NextJob, Peek, Waiter
 from ._blocking_io import Loop, monotonic
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ class Runners:
     _pool: ThreadPoolExecutor
     _loop: Loop
     _caller_may_read: bool
-    _caller_reading: Waiter | CallFuture | NextJob | None
+    _caller_reading: Waiter | CallFuture | NextJob | Peek | None
     _ended: bool
 
     def _submit(self, fn: Any, *args: Any) -> None:
