@@ -247,6 +247,8 @@ class CallerReads:
                         self._on_readable()
                 if self._io_over():
                     break  # (settled by the close: the lock says so)
+                if deadline is not None and monotonic() >= deadline:
+                    break  # (the time given is up, though a busy peer's bytes keep coming)
         finally:
             waiter.wake = None
             schedule = False
