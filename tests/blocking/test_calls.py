@@ -329,5 +329,9 @@ def test_a_thread_taking_settled_answers_reads_what_comes_meanwhile() -> None:
         sent = time.monotonic()
         while not arrived and time.monotonic() < sent + 1.0:
             future.result()  # settled: nothing to wait for
+            # (A pause, as real work between results would make: a thread that spins on
+            # result() alone, with a syscall each ms, keeps the GIL from the server's
+            # timer thread in this process, CPython's convoy effect.)
+            time.sleep(0.0005)
         assert arrived, "the notification was not read while the caller spun"
         assert arrived[0] - sent < 0.05 + 0.2  # (sent after 50 ms; read within about 1 ms)
