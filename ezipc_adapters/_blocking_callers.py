@@ -3,7 +3,9 @@ itself, instead of sleeping until the I/O thread reads it and wakes it (a thread
 a turn of the GIL less per call). A caller of ``request``, the ``result()`` of a future
 from ``submit``, and a worker that has just answered (waiting for its connection's next
 request, to run it itself) each read this way, one at a time per connection; meanwhile
-the I/O thread does not watch the socket. On plain sockets only (TLS and pipes go
+the I/O thread does not watch the socket. A thread that takes settled results (a
+pipelining loop) keeps it aside too, and looks for what has come itself (``Peek``,
+``_collected``). On plain sockets only (TLS and pipes go
 through the I/O thread). Every decision is still the session's: the reader feeds it
 through the connection's own ``_on_readable``.
 """

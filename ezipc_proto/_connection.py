@@ -154,7 +154,7 @@ class Connection:
         self._accepting = True  # bytes are taken: no EOF, no framing error yet
         self._quiet = False  # next_event has nothing to give until the framer says so
         # While quiet: what the framer's feed would do (see receive_data).
-        self._framer_sink = getattr(self._framer, "sink", None)
+        self._framer_sink = self._framer.sink
         self._sink: bytearray | None = None
         self._sink_full = 0
         self._sink_by_length = True  # (else a newline may end a frame too)
@@ -287,11 +287,10 @@ class Connection:
                 if cut is None:
                     if not self._eof:
                         self._quiet = True  # (until the framer says a frame may be there)
-                        if self._framer_sink is not None:
-                            sink = self._framer_sink()
-                            if sink is not None:
-                                self._sink, self._sink_full, newline = sink
-                                self._sink_by_length = not newline
+                        sink = self._framer_sink()
+                        if sink is not None:
+                            self._sink, self._sink_full, newline = sink
+                            self._sink_by_length = not newline
                         return NEED_DATA
                     self.their_state = TRANSITIONS[self.their_state, Closed]
                     self._closed = Closed(framer.unfinished())

@@ -387,6 +387,9 @@ class MessageFramer:
         self._queue.append(bytes(data))  # a copy: the caller may reuse its buffer
         return True
 
+    def sink(self) -> Sink | None:
+        return None  # (every feed is a whole message)
+
     def next_frame(self) -> Frame:
         if not self._queue:
             return None
