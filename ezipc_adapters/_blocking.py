@@ -43,7 +43,7 @@ from ezipc_proto import (
 )
 
 from ._blocking_callers import CallerReads, CallFuture, NextJob, Waiter
-from ._blocking_io import Loop, PipeStream, SocketStream, Stream, linger, monotonic
+from ._blocking_io import Loop, PipeStream, SocketStream, Stream, acquire, linger, monotonic
 from ._blocking_runners import Runners
 from ._options import Options
 from ._peer import PeerCredentials
@@ -167,7 +167,7 @@ class Remote(CallerReads, Runners, RemoteBase):
         try:
             if self._caller_may_read:
                 self._read_for(waiter)
-            waiter.lock.acquire()
+            acquire(waiter.lock)
         except BaseException:
             self._cancel(id)
             raise
@@ -228,7 +228,7 @@ class Remote(CallerReads, Runners, RemoteBase):
         results: list[Any] = []
         try:
             for _, _, waiter in calls:
-                waiter.lock.acquire()
+                acquire(waiter.lock)
                 if waiter.error is None or isinstance(waiter.error, RemoteError):
                     results.append(waiter.error or waiter.result)
                 else:

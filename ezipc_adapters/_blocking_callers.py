@@ -17,12 +17,13 @@ import select
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout  # (3.10: not the builtin)
 from concurrent.futures._base import FINISHED, PENDING
 from typing import TYPE_CHECKING, Any
 
 from ezipc_proto import Job, Session
 
-from ._blocking_io import Loop, SocketStream, Stream, monotonic, quietly
+from ._blocking_io import SIGNAL_CHECK, Loop, SocketStream, Stream, in_main_thread, monotonic, quietly
 from ._registry import Handler
 
 if TYPE_CHECKING:
@@ -139,10 +140,25 @@ class CallFuture(Future[Any]):
             if self._remote._aside:
                 self._remote._collected()
             return self._result
-        return super().result(self._read(timeout))
+        return self._wait(super().result, timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        return super().exception(self._read(timeout))
+        return self._wait(super().exception, timeout)  # type: ignore[no-any-return]
+
+    def _wait(self, get: Callable[[float | None], Any], timeout: float | None) -> Any:
+        """``get(timeout)`` (the base class's ``result`` or ``exception``), after reading
+        for it if it may; on the main thread in slices of SIGNAL_CHECK (see there)."""
+        timeout = self._read(timeout)
+        if not in_main_thread():
+            return get(timeout)
+        deadline = None if timeout is None else monotonic() + timeout
+        while True:
+            left = SIGNAL_CHECK if deadline is None else min(SIGNAL_CHECK, max(0.0, deadline - monotonic()))
+            try:
+                return get(left)
+            except FutureTimeout:
+                if deadline is not None and monotonic() >= deadline:
+                    raise
 
     def _read(self, timeout: float | None) -> float | None:
         """Read for it (if it may); the time left of ``timeout``."""
@@ -236,12 +252,14 @@ class CallerReads:
             wake_r, poller = self._wake_pipe[0], self._poller  # type: ignore[index]
             self._watch_locked()  # the loop stops reading this socket
         waiter.wake = self._wake_reader
+        # (on the main thread, never longer than SIGNAL_CHECK at a time: see there)
+        check = SIGNAL_CHECK if in_main_thread() else None
         try:
             while not waiter._finished():
-                wait = None if deadline is None else max(0.0, deadline - monotonic()) * 1000
-                ready = poller.poll(wait)
-                if not ready and deadline is not None:
-                    break  # (the time given is up)
+                wait = None if deadline is None else max(0.0, deadline - monotonic())
+                if check is not None and (wait is None or wait > check):
+                    wait = check
+                ready = poller.poll(None if wait is None else wait * 1000)
                 for fd, _ in ready:
                     if fd == wake_r:
                         os.read(wake_r, 64)

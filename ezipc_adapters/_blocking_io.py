@@ -390,7 +390,10 @@ class TLSStream(SocketStream):
             self._obj.unwrap()
         except (_ssl.SSLError, OSError, ValueError):
             pass
-        self._push()
+        try:
+            self._push()  # (our close_notify)
+        except OSError:  # the peer is gone (a reset, a broken pipe): as a plain socket's
+            pass
         super().shutdown_write()
 
     def peer_certificate(self) -> dict[str, Any] | None:
@@ -458,6 +461,28 @@ class PipeStream(Stream):
                 self._close_read()
             except OSError:
                 pass
+
+
+# The kernel may hand a process's signal to any of its threads (one that does not block
+# it), but Python runs the handler only in the main thread, once that thread runs Python
+# code again. So the main thread never sleeps longer than this in our waits: a Ctrl-C
+# taken by the I/O thread, or by the thread that called os.kill, still interrupts a call.
+SIGNAL_CHECK = 0.1
+
+
+def in_main_thread() -> bool:
+    return threading.get_ident() == threading.main_thread().ident
+
+
+def acquire(lock: threading.Lock) -> None:
+    """``lock.acquire()``, waking every SIGNAL_CHECK on the main thread."""
+    if lock.acquire(blocking=False):
+        return  # (a caller that read its own answer finds it released)
+    if not in_main_thread():
+        lock.acquire()
+        return
+    while not lock.acquire(timeout=SIGNAL_CHECK):
+        pass
 
 
 def quietly(fn: Callable[..., Any], *args: Any) -> None:

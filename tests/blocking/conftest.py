@@ -1,16 +1,29 @@
-"""Helpers for the blocking adapter's tests: a server in a background thread, and a raw
-socket peer that writes and reads exact bytes."""
+"""Helpers for the blocking adapter's tests: a server in a background thread, a raw
+socket peer that writes and reads exact bytes, and a Ctrl-C that another thread takes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+import pytest
 
 from ezipc_adapters.blocking import Server
 
 from ..rawpeer import RawPeer, host_port, raw_connect, raw_server, wait_for
 
-__all__ = ["RawPeer", "host_port", "raw_connect", "raw_server", "serving", "wait_for"]
+__all__ = [
+    "RawPeer",
+    "host_port",
+    "interrupted_elsewhere",
+    "raw_connect",
+    "raw_server",
+    "serving",
+    "wait_for",
+]
 
 
 @contextmanager
@@ -22,3 +35,24 @@ def serving(server: Server, *addresses: str) -> Iterator[list[str]]:
     finally:
         server.shutdown(timeout=20)
         assert server._stopped.is_set(), "the server did not stop"
+
+
+@contextmanager
+def interrupted_elsewhere(rescue: Callable[[], object]) -> Iterator[None]:
+    """The block must raise KeyboardInterrupt within 5 s, for a SIGINT that a thread other
+    than the main one takes 0.3 s in: the kernel may give a process's signal to any of
+    its threads (here the timer's own), and Python runs the handler on the main thread
+    only, once it runs again. ``rescue`` is called at 10 s, to end a wait that would never
+    notice (its KeyboardInterrupt then comes late, and the time check fails)."""
+    interrupt = threading.Timer(0.3, lambda: signal.pthread_kill(threading.get_ident(), signal.SIGINT))
+    late = threading.Timer(10, rescue)
+    start = time.monotonic()
+    interrupt.start()
+    late.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        late.cancel()
+        interrupt.cancel()
+    assert time.monotonic() - start < 5

@@ -12,7 +12,7 @@ import pytest
 
 from ezipc_adapters.blocking import Client, Server, connect
 
-from .conftest import raw_connect, raw_server, serving, wait_for
+from .conftest import interrupted_elsewhere, raw_connect, raw_server, serving, wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -213,6 +213,23 @@ def test_interrupting_a_waiting_caller_cancels_its_request() -> None:
             assert peer.receive() == {"jsonrpc": "2.0", "method": "$/cancelRequest",
                                       "params": {"id": request["id"]}}
             assert remote.stats.requests_pending == 0
+
+
+@pytest.mark.parametrize("wait", ["request", "result"])
+def test_a_ctrl_c_that_another_thread_takes_still_interrupts_the_caller(wait: str) -> None:
+    with raw_server() as (address, accept):
+        remote = connect(address)
+        peer = accept()
+        with remote:
+            with interrupted_elsewhere(remote.close):
+                if wait == "request":
+                    remote.request("slow")  # (it reads the socket itself, in poll)
+                else:
+                    remote.submit("slow").result()
+            request = peer.receive()
+            if wait == "request":  # (an interrupted result() leaves its future pending)
+                assert peer.receive() == {"jsonrpc": "2.0", "method": "$/cancelRequest",
+                                          "params": {"id": request["id"]}}
 
 
 def _catch(fn: Any) -> Any:

@@ -3,6 +3,7 @@ and mutual TLS (certificates made by trustme), a subprocess over stdio, and IPv6
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import ssl
@@ -26,7 +27,7 @@ from ezipc_adapters.blocking import (
     connect_subprocess,
 )
 
-from .conftest import raw_connect, serving
+from .conftest import interrupted_elsewhere, raw_connect, serving
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -156,6 +157,47 @@ def test_mutual_tls_shows_the_client_certificate_to_handlers(ca: trustme.CA) -> 
         with pytest.raises((ssl.SSLError, ConnectionClosed, OSError)):
             with connect(address, ssl=anonymous, server_hostname="localhost", timeout=5) as remote:
                 remote.request("whoami", timeout=5)  # TLS 1.3: refused after the handshake
+
+
+@pytest.mark.parametrize("wait", ["request", "result"])
+def test_a_ctrl_c_that_another_thread_takes_interrupts_a_caller_over_tls(ca: trustme.CA, wait: str) -> None:
+    # Over TLS the I/O thread reads: the caller waits on a lock (request) or on the
+    # future's condition (result), which must wake for the signal too.
+    server_ctx, client_ctx = tls_contexts(ca, mutual=False)
+    server = Server(ssl=server_ctx)
+    release = threading.Event()
+    server.hook_request("slow", lambda: release.wait(20))
+    with serving(server) as (address,):
+        try:
+            with connect(address, ssl=client_ctx, server_hostname="localhost") as remote:
+                with interrupted_elsewhere(remote.close):
+                    if wait == "request":
+                        remote.request("slow")
+                    else:
+                        remote.submit("slow").result()
+        finally:
+            release.set()
+
+
+def test_a_tls_connection_ends_though_its_peer_left_before_the_answer(ca: trustme.CA) -> None:
+    # The answer goes out to a closed socket, which resets the connection; the TLS close
+    # that follows (close_notify) then fails with a broken pipe. It must still end.
+    server_ctx, client_ctx = tls_contexts(ca, mutual=False)
+    server = Server(ssl=server_ctx)
+    started, release, ended = threading.Event(), threading.Event(), threading.Event()
+    server.hook_request("slow", lambda: (started.set(), release.wait(10))[1])
+    server.hook_disconnect(lambda remote: ended.set())
+    with serving(server) as (address,):
+        host, port = address.removeprefix("tcp://").rsplit(":", 1)
+        with socket.create_connection((host, int(port))) as raw:
+            with client_ctx.wrap_socket(raw, server_hostname="localhost") as peer:
+                peer.sendall(b'{"jsonrpc": "2.0", "method": "slow", "id": 1}\n')
+                assert started.wait(5)
+                peer.settimeout(0.2)
+                with contextlib.suppress(OSError):  # our close_notify (theirs does not come)
+                    peer.unwrap()
+        release.set()  # (answered now, to nobody)
+        assert ended.wait(10)
 
 
 def test_tls_with_server_to_client_calls(ca: trustme.CA) -> None:
