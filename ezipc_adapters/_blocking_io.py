@@ -31,6 +31,28 @@ READ_SIZE = 65536
 monotonic = time.monotonic
 _Callback = Callable[[], None]
 
+# The kernel may hand a process's signal to any of its threads (one that does not block
+# it), but Python runs the handler only in the main thread, once that thread runs Python
+# code again. So the main thread never sleeps longer than this in our waits (a caller's,
+# or the loop's under Server.start()): a Ctrl-C or a SIGTERM that the I/O thread, a
+# worker, or the thread that called os.kill took still interrupts a call or a server.
+SIGNAL_CHECK = 0.1
+
+
+def in_main_thread() -> bool:
+    return threading.get_ident() == threading.main_thread().ident
+
+
+def acquire(lock: threading.Lock) -> None:
+    """``lock.acquire()``, waking every SIGNAL_CHECK on the main thread."""
+    if lock.acquire(blocking=False):
+        return  # (a caller that read its own answer finds it released)
+    if not in_main_thread():
+        lock.acquire()
+        return
+    while not lock.acquire(timeout=SIGNAL_CHECK):
+        pass
+
 
 class Loop:
     """One I/O thread (the one that calls :meth:`run`)."""
@@ -135,6 +157,9 @@ class Loop:
     def run(self) -> None:
         self.ident = threading.get_ident()
         select, timers = self._selector.select, self._timers
+        # (run by Server.start() on the main thread: it must see the signals other
+        # threads take, so it waits SIGNAL_CHECK at most; see there)
+        check = SIGNAL_CHECK if in_main_thread() else None
         try:
             while not self._stopping:
                 with self._lock:
@@ -146,6 +171,8 @@ class Loop:
                     timeout: float | None = 0
                 else:
                     timeout = None if not timers else max(0.0, timers[0][0] - monotonic())
+                    if check is not None and (timeout is None or timeout > check):
+                        timeout = check
                 self._selecting = True
                 try:
                     ready = select(timeout)
@@ -461,28 +488,6 @@ class PipeStream(Stream):
                 self._close_read()
             except OSError:
                 pass
-
-
-# The kernel may hand a process's signal to any of its threads (one that does not block
-# it), but Python runs the handler only in the main thread, once that thread runs Python
-# code again. So the main thread never sleeps longer than this in our waits: a Ctrl-C
-# taken by the I/O thread, or by the thread that called os.kill, still interrupts a call.
-SIGNAL_CHECK = 0.1
-
-
-def in_main_thread() -> bool:
-    return threading.get_ident() == threading.main_thread().ident
-
-
-def acquire(lock: threading.Lock) -> None:
-    """``lock.acquire()``, waking every SIGNAL_CHECK on the main thread."""
-    if lock.acquire(blocking=False):
-        return  # (a caller that read its own answer finds it released)
-    if not in_main_thread():
-        lock.acquire()
-        return
-    while not lock.acquire(timeout=SIGNAL_CHECK):
-        pass
 
 
 def quietly(fn: Callable[..., Any], *args: Any) -> None:

@@ -238,13 +238,16 @@ def test_the_peer_closing_its_sending_side_still_gets_the_answers() -> None:
 
 
 SERVER_SCRIPT = textwrap.dedent("""
-    import logging, sys
+    import logging, signal, sys, threading
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     from ezipc_adapters.blocking import Server
     server = Server()
     server.hook_request("ping", lambda: "pong")
     server.hook_connect(lambda remote: print("ADDR", server.addresses[0], flush=True))
-    import threading
+    def signal_later(signum):  # a thread other than the main one takes it, 0.3 s later
+        kill = lambda: signal.pthread_kill(threading.get_ident(), signum)
+        threading.Timer(0.3, kill).start()
+    server.hook_request("signal_later", signal_later)
     def announce():
         server.ready.wait()
         print("READY", server.addresses[0], flush=True)
@@ -269,6 +272,26 @@ def test_start_serves_until_a_signal_then_shuts_down(signum: int) -> None:
         out, err = proc.communicate(timeout=10)
         assert "STOPPED" in out and proc.returncode == 0, err
         assert "shutting down" in err and "server stopped" in err
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_start_shuts_down_on_a_signal_that_another_thread_takes(signum: int) -> None:
+    # The kernel may hand a process's signal to any of its threads; Python runs the
+    # handler on the main thread only, once it runs again: its loop, idle, must wake.
+    proc = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT], stdout=subprocess.PIPE, text=True,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().split()
+        assert line[0] == "READY"
+        with connect(line[1]) as remote:
+            remote.request("signal_later", [int(signum)], timeout=5)
+            assert remote.wait_closed(5)
+        out, err = proc.communicate(timeout=10)
+        assert "STOPPED" in out and proc.returncode == 0, err
     finally:
         proc.kill()
         proc.wait()
