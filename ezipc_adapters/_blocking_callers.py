@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ezipc_proto import Job, Session
 
-from ._blocking_io import SIGNAL_CHECK, Loop, SocketStream, Stream, in_main_thread, monotonic, quietly
+from ._blocking_io import Loop, SocketStream, Stream, capped, monotonic, quietly, signal_cap
 from ._registry import Handler
 
 if TYPE_CHECKING:
@@ -149,13 +149,13 @@ class CallFuture(Future[Any]):
         """``get(timeout)`` (the base class's ``result`` or ``exception``), after reading
         for it if it may; on the main thread in slices of SIGNAL_CHECK (see there)."""
         timeout = self._read(timeout)
-        if not in_main_thread():
+        cap = signal_cap()
+        if cap is None:
             return get(timeout)
         deadline = None if timeout is None else monotonic() + timeout
         while True:
-            left = SIGNAL_CHECK if deadline is None else min(SIGNAL_CHECK, max(0.0, deadline - monotonic()))
             try:
-                return get(left)
+                return get(capped(None if deadline is None else max(0.0, deadline - monotonic()), cap))
             except FutureTimeout:
                 if deadline is not None and monotonic() >= deadline:
                     raise
@@ -252,13 +252,10 @@ class CallerReads:
             wake_r, poller = self._wake_pipe[0], self._poller  # type: ignore[index]
             self._watch_locked()  # the loop stops reading this socket
         waiter.wake = self._wake_reader
-        # (on the main thread, never longer than SIGNAL_CHECK at a time: see there)
-        check = SIGNAL_CHECK if in_main_thread() else None
+        cap = signal_cap()  # (see SIGNAL_CHECK)
         try:
             while not waiter._finished():
-                wait = None if deadline is None else max(0.0, deadline - monotonic())
-                if check is not None and (wait is None or wait > check):
-                    wait = check
+                wait = capped(None if deadline is None else max(0.0, deadline - monotonic()), cap)
                 ready = poller.poll(None if wait is None else wait * 1000)
                 for fd, _ in ready:
                     if fd == wake_r:

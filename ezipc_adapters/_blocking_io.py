@@ -43,6 +43,16 @@ def in_main_thread() -> bool:
     return threading.get_ident() == threading.main_thread().ident
 
 
+def signal_cap() -> float | None:
+    """The longest this thread may sleep at a time: SIGNAL_CHECK on the main thread."""
+    return SIGNAL_CHECK if in_main_thread() else None
+
+
+def capped(timeout: float | None, cap: float | None) -> float | None:
+    """``timeout`` (None: none), but ``cap`` at most (None: no cap)."""
+    return timeout if cap is None or (timeout is not None and timeout <= cap) else cap
+
+
 def acquire(lock: threading.Lock) -> None:
     """``lock.acquire()``, waking every SIGNAL_CHECK on the main thread."""
     if lock.acquire(blocking=False):
@@ -157,9 +167,7 @@ class Loop:
     def run(self) -> None:
         self.ident = threading.get_ident()
         select, timers = self._selector.select, self._timers
-        # (run by Server.start() on the main thread: it must see the signals other
-        # threads take, so it waits SIGNAL_CHECK at most; see there)
-        check = SIGNAL_CHECK if in_main_thread() else None
+        cap = signal_cap()  # (Server.start() runs it on the main thread: see SIGNAL_CHECK)
         try:
             while not self._stopping:
                 with self._lock:
@@ -170,9 +178,7 @@ class Loop:
                 if self._soon:
                     timeout: float | None = 0
                 else:
-                    timeout = None if not timers else max(0.0, timers[0][0] - monotonic())
-                    if check is not None and (timeout is None or timeout > check):
-                        timeout = check
+                    timeout = capped(None if not timers else max(0.0, timers[0][0] - monotonic()), cap)
                 self._selecting = True
                 try:
                     ready = select(timeout)
