@@ -13,6 +13,7 @@ import heapq
 import itertools
 import os
 import selectors
+import signal
 import socket
 import stat
 import threading
@@ -33,9 +34,10 @@ _Callback = Callable[[], None]
 
 # The kernel may hand a process's signal to any of its threads (one that does not block
 # it), but Python runs the handler only in the main thread, once that thread runs Python
-# code again. So the main thread never sleeps longer than this in our waits (a caller's,
-# or the loop's under Server.start()): a Ctrl-C or a SIGTERM that the I/O thread, a
-# worker, or the thread that called os.kill took still interrupts a call or a server.
+# code again. So a caller waiting on the main thread never sleeps longer than this: a
+# Ctrl-C that the I/O thread, a worker, or the thread that called os.kill took still
+# interrupts its call. (A loop on the main thread is woken by the signal itself:
+# ``Loop._take_signal_wakeups``.)
 SIGNAL_CHECK = 0.1
 
 
@@ -167,7 +169,7 @@ class Loop:
     def run(self) -> None:
         self.ident = threading.get_ident()
         select, timers = self._selector.select, self._timers
-        cap = signal_cap()  # (Server.start() runs it on the main thread: see SIGNAL_CHECK)
+        previous = self._take_signal_wakeups()
         try:
             while not self._stopping:
                 with self._lock:
@@ -178,7 +180,7 @@ class Loop:
                 if self._soon:
                     timeout: float | None = 0
                 else:
-                    timeout = capped(None if not timers else max(0.0, timers[0][0] - monotonic()), cap)
+                    timeout = None if not timers else max(0.0, timers[0][0] - monotonic())
                 self._selecting = True
                 try:
                     ready = select(timeout)
@@ -197,6 +199,20 @@ class Loop:
                     self._safely(functools.partial(due, now))
         finally:
             self.ident = 0
+            if previous is not None:
+                signal.set_wakeup_fd(previous)
+
+    def _take_signal_wakeups(self) -> int | None:
+        """Run on the main thread (``Server.start()``), the loop wakes for every signal,
+        whichever thread the kernel gives it to (see SIGNAL_CHECK): the signal module
+        writes to our wake socket, and its handler runs here when we read it. Returns
+        the descriptor it wrote to before (restored when the loop ends), else None."""
+        if not in_main_thread():
+            return None
+        try:
+            return signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        except ValueError:  # (not the main interpreter)
+            return None
 
     def _safely(self, fn: _Callback) -> None:
         try:
