@@ -22,6 +22,7 @@ __all__ = [
     "raw_connect",
     "raw_server",
     "serving",
+    "sigint_raises",
     "wait_for",
 ]
 
@@ -38,6 +39,18 @@ def serving(server: Server, *addresses: str) -> Iterator[list[str]]:
 
 
 @contextmanager
+def sigint_raises() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt in the block, as in a terminal, though the suite
+    may run with SIGINT ignored (a background job of a non-interactive shell inherits it
+    ignored, and Python then leaves it so)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
 def interrupted_elsewhere(rescue: Callable[[], object]) -> Iterator[None]:
     """The block must raise KeyboardInterrupt within 5 s, for a SIGINT that a thread other
     than the main one takes 0.3 s in: the kernel may give a process's signal to any of
@@ -50,7 +63,7 @@ def interrupted_elsewhere(rescue: Callable[[], object]) -> Iterator[None]:
     interrupt.start()
     late.start()
     try:
-        with pytest.raises(KeyboardInterrupt):
+        with sigint_raises(), pytest.raises(KeyboardInterrupt):
             yield
     finally:
         late.cancel()

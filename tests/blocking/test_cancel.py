@@ -12,7 +12,7 @@ import pytest
 
 from ezipc_adapters.blocking import Client, Server, connect
 
-from .conftest import interrupted_elsewhere, raw_connect, raw_server, serving, wait_for
+from .conftest import interrupted_elsewhere, raw_connect, raw_server, serving, sigint_raises, wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -207,7 +207,7 @@ def test_interrupting_a_waiting_caller_cancels_its_request() -> None:
         with remote:
             interrupt = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
             interrupt.start()
-            with pytest.raises(KeyboardInterrupt):
+            with sigint_raises(), pytest.raises(KeyboardInterrupt):
                 remote.request("slow")  # interrupted while it waits, as by Ctrl-C
             request = peer.receive()
             assert peer.receive() == {"jsonrpc": "2.0", "method": "$/cancelRequest",
