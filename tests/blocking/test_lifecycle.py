@@ -10,6 +10,8 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -257,44 +259,43 @@ SERVER_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_start_serves_until_a_signal_then_shuts_down(signum: int) -> None:
+@contextmanager
+def started_script() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """SERVER_SCRIPT in a child process, once it listens: the process and its address."""
     proc = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT], stdout=subprocess.PIPE, text=True,
                             stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().split()
         assert line[0] == "READY"
-        with connect(line[1]) as remote:
+        yield proc, line[1]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_start_serves_until_a_signal_then_shuts_down(signum: int) -> None:
+    with started_script() as (proc, address):
+        with connect(address) as remote:
             assert remote.request("ping", timeout=5) == "pong"
             proc.send_signal(signum)
             assert remote.wait_closed(10)
         out, err = proc.communicate(timeout=10)
         assert "STOPPED" in out and proc.returncode == 0, err
         assert "shutting down" in err and "server stopped" in err
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_start_shuts_down_on_a_signal_that_another_thread_takes(signum: int) -> None:
     # The kernel may hand a process's signal to any of its threads; Python runs the
     # handler on the main thread only, once it runs again: its loop, idle, must wake.
-    proc = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT], stdout=subprocess.PIPE, text=True,
-                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().split()
-        assert line[0] == "READY"
-        with connect(line[1]) as remote:
+    with started_script() as (proc, address):
+        with connect(address) as remote:
             remote.request("signal_later", [int(signum)], timeout=5)
             assert remote.wait_closed(5)
         out, err = proc.communicate(timeout=10)
         assert "STOPPED" in out and proc.returncode == 0, err
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def test_no_address_means_the_original_port_9002(monkeypatch: pytest.MonkeyPatch) -> None:
