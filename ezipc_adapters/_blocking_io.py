@@ -439,10 +439,7 @@ class TLSStream(SocketStream):
             self._obj.unwrap()
         except (_ssl.SSLError, OSError, ValueError):
             pass
-        try:
-            self._push()  # (our close_notify)
-        except OSError:  # the peer is gone (a reset, a broken pipe): as a plain socket's
-            pass
+        quietly(self._push)  # (our close_notify; the peer may be gone, as for a plain socket)
         super().shutdown_write()
 
     def peer_certificate(self) -> dict[str, Any] | None:
