@@ -33,7 +33,7 @@ from ezipc_proto import (
 
 from ._async_io import STREAM_AT, STREAM_EVERY, Wire, loop_clock, native_event_class, native_parking
 from ._options import Options
-from ._registry import Handler, Hooks, call_handler, log, not_found
+from ._registry import PLAIN_RESULTS, Handler, Hooks, call_handler, log, not_found
 from ._serving import RemoteBase
 
 if TYPE_CHECKING:
@@ -42,8 +42,6 @@ if TYPE_CHECKING:
 __all__ = ["Call", "Sent", "BatchCall", "Remote"]
 
 T = TypeVar("T")
-#: Results that are plainly not awaitable: inspect.isawaitable's ABC check costs ~1.5 µs.
-_PLAIN = frozenset((int, str, float, bool, list, dict, type(None)))
 _HOOK_TIMEOUT = 10.0  # how long disconnect hooks may take once the connection has ended
 
 
@@ -402,7 +400,7 @@ class Remote(RemoteBase):
             except Exception as exc:
                 session.fail(job, exc, self._loop_time())
                 return
-            if type(result) in _PLAIN or not inspect.isawaitable(result):
+            if type(result) in PLAIN_RESULTS or not inspect.isawaitable(result):
                 session.answer(job, result, self._loop_time())
                 return
             awaitable = result  # a plain function that returned an awaitable

@@ -47,7 +47,7 @@ from ._blocking_io import Loop, PipeStream, SocketStream, Stream, acquire, linge
 from ._blocking_runners import Runners
 from ._options import Options
 from ._peer import PeerCredentials
-from ._registry import Handler, Hooks, call_handler, log, not_found
+from ._registry import PLAIN_RESULTS, Handler, Hooks, call_handler, log, not_found
 from ._serving import RemoteBase
 
 __all__ = ["Remote"]
@@ -127,6 +127,8 @@ class Remote(CallerReads, Runners, RemoteBase):
         self._paused = False  # the session said PAUSED: no reading until our output drains
         self._writing = False  # a thread sends, outside the lock (see _take_output_locked)
         self._combine = type(stream) is SocketStream or type(stream) is PipeStream
+        # May a read leave bytes that no readiness tells of (TLS records; a regular file)?
+        self._rereads = type(stream).buffered is not Stream.buffered or not stream.selectable
         self._init_reading(stream)
         self._init_runners()
         self._watching = (False, False)  # what the loop watches: (readable, writable)
@@ -462,7 +464,7 @@ class Remote(CallerReads, Runners, RemoteBase):
             self._call(lambda s: s.started(job, monotonic()))
         try:
             result = call_handler(handler, job.params, self, token)
-            if handler.is_async or inspect.isawaitable(result):
+            if handler.is_async or (type(result) not in PLAIN_RESULTS and inspect.isawaitable(result)):
                 result = _run_awaitable(result)
         except BaseException as exc:  # SystemExit, KeyboardInterrupt too: answered, then raised
             failure = exc
@@ -495,11 +497,11 @@ class Remote(CallerReads, Runners, RemoteBase):
     def _wanted_locked(self) -> tuple[bool, bool]:
         """What the loop should watch: (readable, writable)."""
         return (
-            self._session.reading
+            self._caller_reading is None  # (most often false: the session's property last)
+            and not self._aside
             and not self._paused
             and not self._closing
-            and self._caller_reading is None
-            and not self._aside,
+            and self._session.reading,
             # (Not while a thread sends outside the lock: its bytes count as the stream's
             # backlog meanwhile, and it looks again when done. Watching then woke the loop
             # for nothing, for about one answer in four of a pipelined server.)
@@ -550,9 +552,10 @@ class Remote(CallerReads, Runners, RemoteBase):
                 if data is not None:
                     session.receive_data(data, monotonic())
         self._kick()
-        stream = self._stream
-        if (stream.buffered() or not stream.selectable) and session.reading and not self._paused:
-            self._loop.call_soon(self._on_readable)  # (no readiness will tell of it)
+        if self._rereads and session.reading and not self._paused:
+            stream = self._stream
+            if stream.buffered() or not stream.selectable:
+                self._loop.call_soon(self._on_readable)  # (no readiness will tell of it)
 
     def _on_writable(self) -> None:
         if self._ended:

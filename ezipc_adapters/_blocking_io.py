@@ -41,13 +41,27 @@ _Callback = Callable[[], None]
 SIGNAL_CHECK = 0.1
 
 
+# The main thread's ident, kept (a caller asks at every wait: three calls less than
+# threading.main_thread().ident); a child forked from another thread has a new one.
+_main_ident = threading.main_thread().ident
+
+
+def _forked() -> None:
+    global _main_ident
+    _main_ident = threading.main_thread().ident  # (threading's own at-fork hook ran first)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+
 def in_main_thread() -> bool:
-    return threading.get_ident() == threading.main_thread().ident
+    return threading.get_ident() == _main_ident
 
 
 def signal_cap() -> float | None:
     """The longest this thread may sleep at a time: SIGNAL_CHECK on the main thread."""
-    return SIGNAL_CHECK if in_main_thread() else None
+    return SIGNAL_CHECK if threading.get_ident() == _main_ident else None
 
 
 def capped(timeout: float | None, cap: float | None) -> float | None:

@@ -59,6 +59,9 @@ class Runners:
         self._runners = 0  # started (in the pool, or running)
         self._free = 0  # of those, the ones not inside a handler
         self._check_due = False  # a check is set (see _check_runners)
+        # (ThreadPoolExecutor's queue of tasks not yet taken: work for other threads waits
+        # there, so a runner with no job goes back; a pool without it: no reading)
+        self._pool_queue: Any = getattr(self._pool, "_work_queue", None)
 
     def _queue_job(self, item: Item) -> None:
         """A job for this connection's runners. The first runner starts with the first
@@ -102,9 +105,13 @@ class Runners:
         here; futex calls per request, by strace: 9 -> 0.6)."""
         lock = self._jobs_lock
         read_in_vain = False
+        busy = False  # in a job: not counted free (counted again at the next turn of the lock)
         try:
             while True:
                 with lock:
+                    if busy:
+                        busy = False
+                        self._free += 1
                     if self._jobs:
                         item = self._jobs.popleft()[0]
                         self._free -= 1
@@ -124,15 +131,13 @@ class Runners:
                     item = waiter.job
                     with lock:
                         self._free -= 1
-                try:
-                    self._serve_one(*item)
-                finally:
-                    with lock:
-                        self._free += 1
+                busy = True
+                self._serve_one(*item)
         except BaseException:  # (SystemExit from a handler: answered, then raised)
             with lock:
                 self._runners -= 1
-                self._free -= 1
+                if not busy:
+                    self._free -= 1
                 orphaned = bool(self._jobs) and not self._free
                 if orphaned:
                     self._runners += 1
@@ -143,9 +148,7 @@ class Runners:
 
     def _may_read_next(self) -> bool:
         """May a runner with no job read the connection for the next request?"""
-        # (ThreadPoolExecutor's queue of tasks not yet taken: work for other threads
-        # waits there, so this one goes back; a pool without it: no reading)
-        queue = getattr(self._pool, "_work_queue", None)
+        queue = self._pool_queue
         return (
             self._caller_may_read
             and self._caller_reading is None

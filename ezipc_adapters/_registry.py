@@ -10,7 +10,7 @@ from typing import Any, TypeVar, overload
 
 from ezipc_proto import ErrorCode, Params, RemoteError
 
-__all__ = ["Handler", "Hooks", "InvalidParams", "call_handler", "not_found", "log"]
+__all__ = ["Handler", "Hooks", "InvalidParams", "PLAIN_RESULTS", "call_handler", "not_found", "log"]
 
 log = logging.getLogger("ezipc")
 
@@ -261,6 +261,11 @@ def not_found(method: str) -> RemoteError:
     """What a request for a method nobody registered is answered with."""
     shown = method if len(method) <= 60 else method[:57] + "..."  # (the peer's text: a short prefix)
     return RemoteError(ErrorCode.METHOD_NOT_FOUND, f"Method not found: {shown}")
+
+
+#: Results that are plainly not awaitable: inspect.isawaitable's ABC check costs ~1.5 µs
+#: (test ``type(result) in PLAIN_RESULTS`` first).
+PLAIN_RESULTS = frozenset((int, str, float, bool, list, dict, type(None)))
 
 
 def call_handler(handler: Handler, params: Params, remote: object, cancelled: object = None) -> Any:
