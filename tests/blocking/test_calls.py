@@ -108,6 +108,34 @@ def test_a_request_read_with_a_blocked_one_still_runs() -> None:
             assert json.loads(lines.readline()) == {"jsonrpc": "2.0", "id": 1, "result": True}
 
 
+@pytest.mark.parametrize("raised", [SystemExit, KeyboardInterrupt])
+def test_the_requests_read_with_one_whose_handler_raised_systemexit_still_run(raised: type) -> None:
+    """A handler raises SystemExit (or KeyboardInterrupt) in a worker: its request is
+    answered -32603 and its runner leaves (the exception goes on, to the pool). The two
+    requests read with it wait for no runner then: another one takes them."""
+    import json
+    import socket
+
+    def stop() -> None:
+        raise raised
+
+    server = Server()
+    server.hook_request("stop", stop)
+    server.hook_request("ping", lambda: "pong")
+    with serving(server) as (address,):
+        host, port = address.removeprefix("tcp://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=5) as sock, sock.makefile("rb") as lines:
+            sock.sendall(
+                b'{"jsonrpc":"2.0","id":1,"method":"stop"}\n{"jsonrpc":"2.0","id":2,"method":"ping"}\n'
+                b'{"jsonrpc":"2.0","id":3,"method":"ping"}\n'
+            )
+            answers = {a["id"]: a for a in (json.loads(lines.readline()) for _ in range(3))}
+            assert answers[1]["error"]["code"] == -32603
+            assert answers[2]["result"] == answers[3]["result"] == "pong"
+            sock.sendall(b'{"jsonrpc":"2.0","id":4,"method":"ping"}\n')
+            assert json.loads(lines.readline()) == {"jsonrpc": "2.0", "id": 4, "result": "pong"}
+
+
 def test_many_threads_share_one_remote_and_each_gets_its_own_answer() -> None:
     server = Server()
     server.hook_request("echo", lambda value: value)
