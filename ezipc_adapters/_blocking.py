@@ -126,6 +126,9 @@ class Remote(CallerReads, Runners, RemoteBase):
         self._reporting = False  # a worker is applying the reports: the others need not
         self._paused = False  # the session said PAUSED: no reading until our output drains
         self._writing = False  # a thread sends, outside the lock (see _take_output_locked)
+        # A plain socket or pipe: whoever made output sends it outside the lock (see
+        # _take_output_locked); its backlog() is its ``pending`` count, read as such on
+        # the hot paths (a call less, seven times a message).
         self._combine = type(stream) is SocketStream or type(stream) is PipeStream
         # May a read leave bytes that no readiness tells of (TLS records; a regular file)?
         self._rereads = type(stream).buffered is not Stream.buffered or not stream.selectable
@@ -356,7 +359,7 @@ class Remote(CallerReads, Runners, RemoteBase):
         reading side)."""
         if self._writing or self._ended:
             return b""
-        if not self._combine or self._stream.backlog():
+        if not self._combine or self._stream.pending:
             self._write_locked()
             return b""
         data = self._session.data_to_send()
@@ -377,7 +380,7 @@ class Remote(CallerReads, Runners, RemoteBase):
                 if failed is not None:
                     self._lost = True
                     session.close(f"write failed: {failed!r}", monotonic(), abort=True)
-                data = b"" if failed is not None or stream.backlog() else session.data_to_send()
+                data = b"" if failed is not None or stream.pending else session.data_to_send()
                 if not data:
                     self._writing = False  # (a backlog is for the loop to write when it can)
                     wanted = self._wanted_locked()
@@ -505,7 +508,7 @@ class Remote(CallerReads, Runners, RemoteBase):
             # (Not while a thread sends outside the lock: its bytes count as the stream's
             # backlog meanwhile, and it looks again when done. Watching then woke the loop
             # for nothing, for about one answer in four of a pipelined server.)
-            self._stream.backlog() > 0 and not self._writing,
+            (self._stream.pending if self._combine else self._stream.backlog()) > 0 and not self._writing,
         )
 
     def _watch(self) -> None:

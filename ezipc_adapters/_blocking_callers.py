@@ -271,8 +271,8 @@ class CallerReads:
                         os.read(wake_r, 64)
                     else:
                         self._on_readable()
-                if self._io_over():
-                    break  # (settled by the close: the lock says so)
+                if waiter._finished() or self._io_over():
+                    break  # (settled; or by the close: the lock says so)
                 if deadline is not None and monotonic() >= deadline:
                     break  # (the time given is up, though a busy peer's bytes keep coming)
         finally:
