@@ -128,7 +128,7 @@ class Remote(CallerReads, Runners, RemoteBase):
         self._writing = False  # a thread sends, outside the lock (see _take_output_locked)
         # A plain socket or pipe: whoever made output sends it outside the lock (see
         # _take_output_locked); its backlog() is its ``pending`` count, read as such on
-        # the hot paths (a call less, seven times a message).
+        # the hot paths (a call less, eight times a sequential call).
         self._combine = type(stream) is SocketStream or type(stream) is PipeStream
         # May a read leave bytes that no readiness tells of (TLS records; a regular file)?
         self._rereads = type(stream).buffered is not Stream.buffered or not stream.selectable
