@@ -232,6 +232,32 @@ def test_a_ctrl_c_that_another_thread_takes_still_interrupts_the_caller(wait: st
                                           "params": {"id": request["id"]}}
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() here")
+def test_a_child_forked_from_another_thread_waits_in_slices_on_its_only_thread() -> None:
+    """A caller on the main thread waits in slices of SIGNAL_CHECK (so that a Ctrl-C
+    another thread takes still reaches it). In a child forked from another thread,
+    that thread is the child's main thread, and its waits are sliced too."""
+    import warnings
+
+    from ezipc_adapters._blocking_io import SIGNAL_CHECK, signal_cap
+
+    statuses: list[int] = []
+
+    def fork() -> None:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if signal_cap() == SIGNAL_CHECK else 1)
+        statuses.append(os.waitpid(pid, 0)[1])
+
+    assert signal_cap() == SIGNAL_CHECK  # (the test's own thread is the main one)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # (3.12+: a fork with threads running)
+        thread = threading.Thread(target=fork)
+        thread.start()
+        thread.join(10)
+    assert statuses == [0]
+
+
 def _catch(fn: Any) -> Any:
     try:
         return fn()
