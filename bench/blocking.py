@@ -3,7 +3,7 @@
 
     python bench/blocking.py            # about a minute
     python bench/blocking.py --quick    # about 20 s
-    python bench/blocking.py --profile client|server   # cProfile one side's hot path
+    python bench/blocking.py --profile client|server|floor   # cProfile one side's hot path
 
 Every server runs in a child process, on loopback TCP, NDJSON. The floor is
 ``../shared/bench/impls/floor_blocking.py``: bare blocking sockets, ``json``, newline
@@ -17,7 +17,10 @@ Rows:
 * ``threads``: against a server whose handler sleeps 1 ms, requests/s of 1 thread and of
   8 threads sharing one ``Remote`` (target: 8 threads >= 3x one thread);
 * ``by side``: the floor client against the ezipc server, and the ezipc client against
-  the floor server (sequential ``add``), to see which side costs what.
+  the floor server (sequential ``add``), to see which side costs what;
+* ``server CPU``: the server process's user and system CPU time per request (Linux
+  ``/proc``), the floor's and ezipc's, both driven by the floor's client (``add``), one
+  call at a time and 64 in flight: what each server spends on a request.
 
 Ratios compare medians of interleaved repeats (floor, ezipc, floor, ezipc, ...), since
 loopback numbers on a shared 2-core machine move 10-30% between runs. Target from the
@@ -124,6 +127,33 @@ class Child:
         self.proc.wait()
 
 
+def cpu_times(pid: int) -> tuple[float, float] | None:
+    """A process's user and system CPU seconds so far (Linux), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def server_cpu(child: Child, seq_n: int, pipe_n: int) -> dict[str, float]:
+    """µs of the server's user / system CPU per request, the floor's client calling
+    ``add`` one at a time (seq_n calls), then 64 in flight (pipe_n): {} without /proc."""
+    out: dict[str, float] = {}
+    for mode, n, k in (("seq", seq_n, 0), ("pipe", 0, pipe_n)):
+        before = cpu_times(child.proc.pid)
+        floor_client(child.port, "add", n, k, 64)
+        after = cpu_times(child.proc.pid)
+        if before is None or after is None:
+            return {}
+        calls = n + k + 200  # (and the client's warm-up)
+        out[f"{mode} user"] = (after[0] - before[0]) / calls * 1e6
+        out[f"{mode} sys"] = (after[1] - before[1]) / calls * 1e6
+    return out
+
+
 # ---- clients ---------------------------------------------------------------------------
 
 
@@ -157,15 +187,17 @@ def floor_client(port: int, method: str, seq_n: int, pipe_n: int, inflight: int)
         r = recv()
         lat.append(pc() - t0)
         assert r == expected(method, i)
-    out = seq_stats(lat)
+    out = seq_stats(lat) if lat else {}
+    got = []  # (a server with several threads may answer out of order: checked after)
     t0 = pc()
     for i in range(min(inflight, pipe_n)):
         send(i)
     for i in range(pipe_n):
-        assert recv() == expected(method, i)
+        got.append(recv())
         if i + inflight < pipe_n:
             send(i + inflight)
     out["pipe"] = pipe_n / max(1, pc() - t0) * 1e9
+    assert sorted(got) == sorted(expected(method, i) for i in range(pipe_n))
     sock.close()
     return out
 
@@ -232,8 +264,16 @@ def threads_client(port: int, nthreads: int, n: int) -> float:
 
 
 def profile(side: str, n: int) -> None:
+    """cProfile one side's hot path over ``n`` sequential ``add`` calls: the 25 costliest
+    functions, and the calls made per request (deterministic, where timings on a shared
+    machine are not)."""
     import cProfile
     import pstats
+
+    def report(stats: pstats.Stats, what: str, requests: int) -> None:
+        calls = sum(row[1] for row in stats.stats.values())  # type: ignore[attr-defined]
+        stats.sort_stats("tottime").print_stats(25)
+        print(f"{what}: {calls / requests:.1f} calls per request (Python functions and builtins)")
 
     if side == "client":
         child = Child("ezipc")
@@ -244,7 +284,29 @@ def profile(side: str, n: int) -> None:
             prof.disable()
         finally:
             child.stop()
-        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        report(pstats.Stats(prof), "ezipc's client", n + 200 + 10)  # (with its warm-up)
+        return
+    code = (f"import sys; sys.path.insert(0, {os.path.dirname(HERE)!r}); import blocking as b; "
+            f"b.floor_client({{port}}, 'add', {n}, 0, 1)")
+    if side == "floor":
+        # The floor's server loop, in a thread of this process, for one connection.
+        listener = socket.create_server(("127.0.0.1", 0))
+        prof = cProfile.Profile()
+
+        def serve_one() -> None:
+            conn, _ = listener.accept()
+            prof.enable()
+            try:
+                _floor_conn(conn)
+            finally:
+                prof.disable()
+
+        thread = threading.Thread(target=serve_one)
+        thread.start()
+        subprocess.run([sys.executable, "-c", code.format(port=listener.getsockname()[1])], check=True)
+        thread.join()
+        listener.close()
+        report(pstats.Stats(prof), "the floor's server", n + 200)
         return
     # The server's hot path runs in its I/O thread (the selector loop) and its pool
     # runners (the pool threads that run handlers): profile them all.
@@ -271,15 +333,12 @@ def profile(side: str, n: int) -> None:
     server = Server(framing="ndjson")
     server.hook_request("add", lambda a, b: a + b)
     port = int(server.serve_in_thread("tcp://127.0.0.1:0")[0].rsplit(":", 1)[1])
-    code = (f"import sys; sys.path.insert(0, {os.path.dirname(HERE)!r}); import blocking as b; "
-            f"b.floor_client({port}, 'add', {n}, 10, 1)")
-    proc = subprocess.Popen([sys.executable, "-c", code])
-    proc.wait()
+    subprocess.run([sys.executable, "-c", code.format(port=port)], check=True)
     server.shutdown()
     stats = pstats.Stats(profiles[0])
     for prof in profiles[1:]:
         stats.add(prof)
-    stats.sort_stats("tottime").print_stats(25)
+    report(stats, "ezipc's server", n + 200)
 
 
 def main() -> None:
@@ -287,7 +346,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeat", type=int, default=None)
     ap.add_argument("--serve", help=argparse.SUPPRESS)
-    ap.add_argument("--profile", choices=("client", "server"))
+    ap.add_argument("--profile", choices=("client", "server", "floor"))
     ap.add_argument("--json", action="store_true", help="also print the raw medians as JSON")
     args = ap.parse_args()
     if args.serve:
@@ -312,6 +371,10 @@ def main() -> None:
             # Which side costs what: each ezipc side against the other side's floor.
             results["cross floor->ezipc"].append(floor_client(ez.port, "add", seq_n, 0, 64))
             results["cross ezipc->floor"].append(ezipc_client(floor.port, "add", seq_n, 0, 64))
+            for impl, child in (("floor", floor), ("ezipc", ez)):
+                cost = server_cpu(child, max(seq_n, 3000), max(pipe_n, 20000))  # (10 ms ticks)
+                if cost:
+                    results[f"cpu {impl}"].append(cost)
             one = threads_client(slow.port, 1, thread_n // 4)
             eight = threads_client(slow.port, 8, thread_n)
             results["threads"].append({"one": one, "eight": eight})
@@ -336,10 +399,18 @@ def main() -> None:
         print(f"{method}: sequential latency ezipc/floor  mean {med(e, 'mean') / med(f, 'mean'):.2f}x"
               f"  p50 {med(e, 'p50') / med(f, 'p50'):.2f}x  (target <= 1.2x);"
               f"  pipe64 throughput ezipc/floor {med(e, 'pipe') / med(f, 'pipe'):.2f}x")
-    f, to_server, to_floor = (med("floor add", "p50"), med("cross floor->ezipc", "p50"),
-                              med("cross ezipc->floor", "p50"))
+    base, to_server, to_floor = (med("floor add", "p50"), med("cross floor->ezipc", "p50"),
+                                 med("cross ezipc->floor", "p50"))
     print(f"add, sequential p50 by side: floor client -> ezipc server {to_server:.1f} µs"
-          f" ({to_server / f:.2f}x), ezipc client -> floor server {to_floor:.1f} µs ({to_floor / f:.2f}x)")
+          f" ({to_server / base:.2f}x), ezipc client -> floor server {to_floor:.1f} µs"
+          f" ({to_floor / base:.2f}x)")
+    if results.get("cpu floor") and results.get("cpu ezipc"):
+        print("server CPU per request, the floor's client calling add (user + system µs):")
+        for mode, label in (("seq", "one at a time"), ("pipe", "64 in flight")):
+            fu, fs = med("cpu floor", f"{mode} user"), med("cpu floor", f"{mode} sys")
+            eu, es = med("cpu ezipc", f"{mode} user"), med("cpu ezipc", f"{mode} sys")
+            print(f"  {label:14} floor {fu:5.1f} + {fs:5.1f}, ezipc {eu:5.1f} + {es:5.1f}"
+                  f" (user {eu / fu:.2f}x, all {(eu + es) / (fu + fs):.2f}x)")
     one, eight = med("threads", "one"), med("threads", "eight")
     print(f"1 ms handler: 1 thread {one:,.0f} req/s, 8 threads sharing one Remote {eight:,.0f} req/s:"
           f" {eight / one:.2f}x (target >= 3x)")
