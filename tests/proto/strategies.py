@@ -21,6 +21,7 @@ from ezipc_proto import (
     Event,
     InvalidMessage,
     JsonCodec,
+    LocalProtocolError,
     MsgspecCodec,
     Notification,
     RemoteProtocolError,
@@ -315,7 +316,15 @@ def _react(conn: Connection, event: Event | Any, answer: bool) -> bytes:
                 assert msg["id"] is None or msg["id"] not in conn.owed, event
         return event.reply
     if answer and type(event) is Request:
-        return conn.send(Response(event.id, None))
+        try:
+            return conn.send(Response(event.id, None))
+        except LocalProtocolError as exc:
+            # Even a null result can pass max_message_size: a request at the limit with
+            # a short method (a response is two bytes longer), or a batch whose reply
+            # already holds error replies. Then a short error says so, as a Session's
+            # answer does, and it always goes.
+            assert exc.error_code == ErrorCode.MESSAGE_TOO_LARGE, exc
+            return conn.send(Error(event.id, ErrorCode.MESSAGE_TOO_LARGE, "Result too large"))
     return b""
 
 

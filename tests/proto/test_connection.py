@@ -390,6 +390,35 @@ def test_error_with_null_id_may_always_be_sent() -> None:
     refuse(conn, Response(None, 1), "awaits")  # but not a result
 
 
+@framings
+@pytest.mark.parametrize("case", ["request-at-the-limit", "batch-with-an-error-reply"])
+def test_a_null_result_over_the_limit_is_refused_and_a_short_error_goes(framing: str, case: str) -> None:
+    """Even a null result can pass max_message_size (fuzz/run.py found both): a response is
+    two bytes longer than a request with an empty method and no params; a batch's reply
+    also holds the error replies to its invalid members. send refuses it (-32007) and
+    changes nothing; a short error for the same id always goes, and nothing is owed."""
+    if case == "request-at-the-limit":
+        msg: Any = {"jsonrpc": "2.0", "method": "", "id": 1}
+        id: Any = 1
+    else:  # two members with id null: the second is refused as a duplicate in flight
+        msg, id = [{"jsonrpc": "2.0", "method": "", "id": None}] * 2, None
+    text = json.dumps(msg, separators=(",", ":")).encode()
+    conn = Connection(framing, max_message_size=len(text))  # type: ignore[arg-type]
+    events = feed_whole(conn, frame(msg, framing))
+    assert same(events[0], Request("", None, id)) and list(conn.owed) == [id]
+    before = (list(conn.owed), conn.our_state)
+    with pytest.raises(LocalProtocolError, match="exceeds max_message_size") as refused:
+        conn.send(Response(id, None))
+    assert refused.value.error_code == ErrorCode.MESSAGE_TOO_LARGE
+    assert (list(conn.owed), conn.our_state) == before
+    (reply,) = unframe(conn.send(Error(id, ErrorCode.MESSAGE_TOO_LARGE, "Result too large")), framing)
+    if case == "batch-with-an-error-reply":  # one reply, the duplicate's error first
+        assert [answer["error"]["code"] for answer in reply] == [-32600, -32007]
+    else:
+        assert reply["error"]["code"] == -32007 and reply["id"] == 1
+    assert list(conn.owed) == []
+
+
 @pytest.mark.parametrize("id", [None, 1.5, 1.0])
 def test_request_needs_int_or_str_id(id: Any) -> None:
     conn = Connection()
