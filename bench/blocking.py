@@ -142,13 +142,13 @@ def server_cpu(child: Child, seq_n: int, pipe_n: int) -> dict[str, float]:
     """µs of the server's user / system CPU per request, the floor's client calling
     ``add`` one at a time (seq_n calls), then 64 in flight (pipe_n): {} without /proc."""
     out: dict[str, float] = {}
-    for mode, n, k in (("seq", seq_n, 0), ("pipe", 0, pipe_n)):
+    for mode, seq, pipe in (("seq", seq_n, 0), ("pipe", 0, pipe_n)):
         before = cpu_times(child.proc.pid)
-        floor_client(child.port, "add", n, k, 64)
+        floor_client(child.port, "add", seq, pipe, 64)
         after = cpu_times(child.proc.pid)
         if before is None or after is None:
             return {}
-        calls = n + k + 200  # (and the client's warm-up)
+        calls = seq + pipe + 200  # (and the client's warm-up)
         out[f"{mode} user"] = (after[0] - before[0]) / calls * 1e6
         out[f"{mode} sys"] = (after[1] - before[1]) / calls * 1e6
     return out

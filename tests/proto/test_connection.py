@@ -364,12 +364,13 @@ def owing(*ids: Any, framing: str = "ndjson") -> Connection:
     return conn
 
 
-def refuse(conn: Connection, event: Any, match: str = "") -> None:
-    """send(event) raises LocalProtocolError and changes nothing."""
+def refuse(conn: Connection, event: Any, match: str = "") -> LocalProtocolError:
+    """send(event) raises LocalProtocolError (returned) and changes nothing."""
     before = (list(conn.owed), list(conn.awaiting), conn.our_state, conn._last_id)
-    with pytest.raises(LocalProtocolError, match=match):
+    with pytest.raises(LocalProtocolError, match=match) as refused:
         conn.send(event)
     assert (list(conn.owed), list(conn.awaiting), conn.our_state, conn._last_id) == before
+    return refused.value
 
 
 @pytest.mark.parametrize("event", [Response(2, 1), Error(2, 1, "x"), Response("1", 1), Response(None, 1)])
@@ -393,10 +394,10 @@ def test_error_with_null_id_may_always_be_sent() -> None:
 @framings
 @pytest.mark.parametrize("case", ["request-at-the-limit", "batch-with-an-error-reply"])
 def test_a_null_result_over_the_limit_is_refused_and_a_short_error_goes(framing: str, case: str) -> None:
-    """Even a null result can pass max_message_size (fuzz/run.py found both): a response is
-    two bytes longer than a request with an empty method and no params; a batch's reply
-    also holds the error replies to its invalid members. send refuses it (-32007) and
-    changes nothing; a short error for the same id always goes, and nothing is owed."""
+    """Even a null result can pass max_message_size: a response is two bytes longer than
+    a request with an empty method and no params; a batch's reply also holds the error
+    replies to its invalid members (fuzz/run.py found that one). send refuses it (-32007)
+    and changes nothing; a short error for the same id always goes, and nothing is owed."""
     if case == "request-at-the-limit":
         msg: Any = {"jsonrpc": "2.0", "method": "", "id": 1}
         id: Any = 1
@@ -406,11 +407,8 @@ def test_a_null_result_over_the_limit_is_refused_and_a_short_error_goes(framing:
     conn = Connection(framing, max_message_size=len(text))  # type: ignore[arg-type]
     events = feed_whole(conn, frame(msg, framing))
     assert same(events[0], Request("", None, id)) and list(conn.owed) == [id]
-    before = (list(conn.owed), conn.our_state)
-    with pytest.raises(LocalProtocolError, match="exceeds max_message_size") as refused:
-        conn.send(Response(id, None))
-    assert refused.value.error_code == ErrorCode.MESSAGE_TOO_LARGE
-    assert (list(conn.owed), conn.our_state) == before
+    refused = refuse(conn, Response(id, None), "exceeds max_message_size")
+    assert refused.error_code == ErrorCode.MESSAGE_TOO_LARGE
     (reply,) = unframe(conn.send(Error(id, ErrorCode.MESSAGE_TOO_LARGE, "Result too large")), framing)
     if case == "batch-with-an-error-reply":  # one reply, the duplicate's error first
         assert [answer["error"]["code"] for answer in reply] == [-32600, -32007]
