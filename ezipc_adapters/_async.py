@@ -192,6 +192,8 @@ class BatchCall(_Sending[list[Any]]):
         self.calls = calls
 
     async def wait(self) -> list[Any]:
+        for call in self.calls:  # the batch's outcome is every call's: none is left unseen
+            call._seen = True
         results: list[Any] = []
         for call in self.calls:
             try:

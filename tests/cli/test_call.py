@@ -209,7 +209,7 @@ def test_batch_not_answered_hints_sequential(
     assert out == ""
     lines = err.splitlines()  # the adapter may log the null-id error first
     expected = "no answer to the batch" if status == 3 else "closed before the answer"
-    assert expected in lines[-2]
+    assert expected in lines[-2], err
     assert lines[-1] == f"ezipc: {BATCH_HINT}"
     assert "--sequential" in BATCH_HINT
 

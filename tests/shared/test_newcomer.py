@@ -105,6 +105,39 @@ def test_a_failed_call_nobody_awaited_is_logged(caplog: pytest.LogCaptureFixture
     assert any("request 'nope' failed and nobody awaited it" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_an_awaited_batch_that_fails_logs_none_of_its_calls(backend: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Awaiting a batch looks at every call in it: when the connection closes before the
+    answer, the await raises, and no call is later logged as failed with nobody awaiting
+    it (``ezipc call --batch`` printed such a line after its own error)."""
+    caplog.set_level(logging.WARNING, logger="ezipc")
+
+    async def main(address: str) -> None:
+        async with connect(address) as remote:
+            batch = remote.batch([("add", [1, 2]), ("add", [3, 4]), ("add", [5, 6])])
+            with pytest.raises(ConnectionClosed):
+                await batch
+            assert all(call.done() for call in batch.calls)
+
+    with raw_server() as (address, accept):
+        received: list[Any] = []
+
+        def peer() -> None:  # reads the batch and hangs up
+            server = accept()
+            received.append(server.receive())
+            server.close()
+
+        thread = threading.Thread(target=peer)
+        thread.start()
+        anyio.run(main, address, backend=backend)
+        thread.join(5)
+    assert [item["method"] for item in received[0]] == ["add", "add", "add"]  # the batch arrived
+    import gc
+
+    gc.collect()
+    assert not [r.getMessage() for r in caplog.records if "nobody awaited" in r.getMessage()]
+
+
 # ---- errors that name the problem -------------------------------------------------------
 
 
