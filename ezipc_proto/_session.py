@@ -398,6 +398,7 @@ class Session:
         self._received = 0  # messages received (valid or not)
         self._seen = 0  # ... when the slow-message clock was last looked at
         self._rx_new = False  # bytes came since it was last looked at
+        self._held_back = False  # we said PAUSED, and no byte has come since
         self._late = 0  # late answers the connection could not tell were late (see _on_error)
         self._dropped_logged = 0  # notifications_dropped when that was last logged
         self._drop_log_at = -1e18
@@ -520,9 +521,15 @@ class Session:
             and self.message_timeout is not None
             and now >= self._message_since + self.message_timeout
         ):
-            log.warning("%s: closing %s (timeout)", self.name, "half-received message")
-            self.close("half-received message timed out", now)
-            return
+            if self._held_back:
+                # We paused reading (the peer did not read our output) and no byte has
+                # come since: the rest could not come. The clock starts again, and again
+                # from the first bytes we read (see _watch_slow_message).
+                self._message_since = now
+            else:
+                log.warning("%s: closing %s (timeout)", self.name, "half-received message")
+                self.close("half-received message timed out", now)
+                return
         if self.idle_timeout is not None and now >= self._last_activity + self.idle_timeout:
             if self.busy:
                 self._last_activity = now  # working, not idle
@@ -542,6 +549,7 @@ class Session:
         if events:
             return events.popleft()
         if self._out_size > self.write_buffer_size:
+            self._pause()
             return PAUSED
         if self._line:  # (held back while our output was over its bound)
             self._pump()
@@ -605,6 +613,7 @@ class Session:
             if not self.reading:  # (EOF; the property: the attribute's check above is stale)
                 return NEED_DATA
             if self._out_size > self.write_buffer_size:  # (replies to invalid messages)
+                self._pause()
                 return PAUSED
 
     def events(self) -> Iterator[SessionEvent]:
@@ -1159,14 +1168,22 @@ class Session:
 
     def _watch_slow_message(self) -> None:
         """The slow-message clock runs from the last complete message while one is
-        partly received."""
+        partly received; after a pause (``_pause``), from the first bytes read again."""
+        held_back, self._held_back = self._held_back, False
         if not self._conn.in_message:
             self._message_since = None
             return
         seen = self._received
-        if self._message_since is None or seen != self._seen:
+        if self._message_since is None or seen != self._seen or held_back:
             self._message_since = self._last_rx
         self._seen = seen
+
+    def _pause(self) -> None:
+        """We say PAUSED: the driver stops reading until our output drains. Until bytes
+        come again, the slow-message clock cannot blame the peer (``handle_timer``
+        starts it again): the bytes already received are not news any more."""
+        self._held_back = True
+        self._rx_new = False
 
 
 def _shorten(data: bytes | str, limit: int = 200) -> str:

@@ -701,6 +701,38 @@ def test_nothing_starts_while_output_is_over_write_buffer_size() -> None:
     assert is_job(job(s), "r", 2)
 
 
+@framings
+@pytest.mark.parametrize("rest_comes", [False, True])
+def test_the_slow_message_clock_does_not_count_while_reading_is_paused(framing: str, rest_comes: bool) -> None:
+    """A half-received message is the peer's delay only while we read. Once we say PAUSED
+    (the peer does not read our output), the rest cannot come in: until the peer's next
+    bytes, the clock starts again at each deadline; from those bytes, it runs again."""
+    s = session(framing, message_timeout=10, write_buffer_size=20)
+    second = wire(req("r", 2), framing=framing)
+    s.receive_data(wire(req("r", 1), framing=framing) + second[:5], 0)
+    r1 = job(s)
+    assert s.get_timer() == 10  # the slow-message clock, from 0
+    s.answer(r1, "x" * 30, 1)  # our output is over its bound
+    assert take(s, end=PAUSED) == []
+    s.handle_timer(10)
+    assert s.phase is Phase.OPEN and s.get_timer() == 20
+    assert s.data_to_send() == wire(ok(1, "x" * 30), framing=framing)  # the driver writes it
+    assert take(s) == []  # (the peer may not have read it yet: nothing tells)
+    s.handle_timer(20)  # no byte since we paused
+    assert s.phase is Phase.OPEN and s.get_timer() == 30
+    s.receive_data(second[5:8], 25)  # bytes again: the clock runs from them
+    assert take(s) == [] and s.get_timer() == 35
+    if rest_comes:
+        s.receive_data(second[8:], 30)
+        assert is_job(job(s), "r", 2)
+        assert s.get_timer() is None
+    else:
+        s.handle_timer(34.9)
+        assert s.phase is Phase.OPEN
+        s.handle_timer(35)
+        assert take(s) == [Close("half-received message timed out")]
+
+
 @pytest.mark.parametrize("paused", [False, True])
 def test_answer_to_our_call_is_read_behind_a_full_line(paused: bool) -> None:
     """However much work is queued, an answer to our call is read: only our own unsent

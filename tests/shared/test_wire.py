@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -230,6 +231,37 @@ def test_message_timeout(server_kind: str) -> None:
         assert peer.receive()["result"] == "pong"
         peer.send_raw(b'{"jsonrpc":"2.0","meth')  # and never the rest: a slow sender
         assert peer.receive_eof(timeout=5) == b""
+
+
+
+def test_message_timeout_does_not_count_while_the_peer_does_not_read(server_kind: str) -> None:
+    """The slow-message clock measures the peer's sending, not our reading: while our own
+    output is over its bound (the peer does not read it), reading is paused and the rest
+    of a half-received message cannot come in, so that time does not close the
+    connection. Once the peer reads again, the message completes and is answered."""
+    server = new_server(server_kind, message_timeout=0.3)
+    server.hook_request("ping", lambda: "pong")
+    rest = json.dumps(message("ping", id=2)).encode() + b"\n"
+    with serving(server_kind, server) as served, raw_connect(served.address) as peer:
+        peer.send(message("ping", id=1))
+        assert peer.receive()["result"] == "pong"
+        remote = served.one_remote()
+        received = served.stats(remote)["bytes_in"]
+        peer.send_raw(rest[:20])  # half a message: the clock runs
+        wait_for(lambda: served.stats(remote)["bytes_in"] == received + 20)
+        big = "x" * (1 << 20)
+
+
+        def flood() -> None:  # past the kernel's buffers and write_buffer_size: reading pauses
+            for _ in range(16):
+                remote.notify("big", [big])  # (sent at once; not waiting for the peer to read)
+
+        served.run(flood)
+        time.sleep(1.2)  # 4 x message_timeout, not reading
+        for _ in range(16):
+            assert peer.receive() == message("big", [big], notification=True)
+        peer.send_raw(rest[20:])
+        assert peer.receive() == {"jsonrpc": "2.0", "id": 2, "result": "pong"}
 
 
 # ---- calling every peer ------------------------------------------------------------
