@@ -2,8 +2,10 @@
 
     python bench/soak.py 2                    # two minutes
     python bench/soak.py 10 --clients 40 --server-backend trio
+    python bench/soak.py 5 --server-backend blocking   # the blocking adapter's Server
 
-Not part of the test suite. The server (the async adapter, in a child process) gets, all
+Not part of the test suite. The server (in a child process: the async adapter on asyncio
+or trio, or the blocking adapter) gets, all
 at once: well-behaved clients making requests, notifications and batches in both
 framings and checking every answer, that hang up at random moments (also in the middle
 of calls); raw clients that drop at random points of a message (mid-header, mid-body,
@@ -16,6 +18,9 @@ Every ~10 s, and at the end, it prints the requests served, the errors by kind, 
 server's resident memory (VmRSS from /proc/<pid>/status) and open connections. At the
 end it stops the load, waits for the server to have no connection left, compares its
 memory and task count with the start (after a warm-up), and shuts it down with SIGTERM.
+(The blocking server has no tasks: it counts the threads still inside a handler, which
+must be none once the clients have gone, as ``slow`` and ``hang`` take the ``cancelled``
+token that a hang-up sets. Its pool keeps its idle threads: their number is shown.)
 An answer that is wrong, or an error that should not happen, is counted under a
 ``BAD:`` kind; the exit status is 1 if there was any, or if the server did not recover.
 """
@@ -36,15 +41,18 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
+import types
 from typing import Any
 
 import anyio
 
-from ezipc_adapters import ConnectionClosed, ErrorCode, RemoteError, Server, connect
+from ezipc_adapters import ConnectionClosed, ErrorCode, RemoteError, Server, blocking, connect
 from ezipc_proto import _framing
 
 REPORT_EVERY = 10.0
+BACKEND = "asyncio"  # the server's (set by main)
 MAX_MESSAGE = 1024 * 1024
 
 # ---- the server (child process) ---------------------------------------------------------
@@ -62,8 +70,15 @@ class LogCounter(logging.Filter):
         return False
 
 
-def make_server() -> Server:
-    server = Server(max_message_size=MAX_MESSAGE, message_timeout=2.0, shutdown_timeout=1.0)
+def make_server(backend: str) -> Server | blocking.Server:
+    """The soak's server on ``backend`` ("asyncio", "trio" or "blocking"): the same
+    methods on both adapters; ``slow`` and ``hang`` as each adapter lets them be
+    interrupted (a cancel scope, or the blocking adapter's ``cancelled`` token)."""
+    server: Server | blocking.Server
+    if backend == "blocking":
+        server = blocking.Server(max_message_size=MAX_MESSAGE, message_timeout=2.0, shutdown_timeout=1.0)
+    else:
+        server = Server(max_message_size=MAX_MESSAGE, message_timeout=2.0, shutdown_timeout=1.0)
     notes = [0]
     logs = LogCounter()
     logging.getLogger("ezipc").addFilter(logs)
@@ -73,14 +88,28 @@ def make_server() -> Server:
     server.hook_request("blob", lambda n: "x" * n)
     server.hook_notif("note", lambda i: notes.__setitem__(0, notes[0] + 1))
 
-    @server.method
-    async def slow(delay: float, value: Any = None) -> Any:
-        await anyio.sleep(delay)
-        return value
+    if backend == "blocking":  # a thread in a handler is interrupted by its token
 
-    @server.method
-    async def hang() -> None:
-        await anyio.sleep_forever()
+        def slow_blocking(delay: float, value: Any = None, *, cancelled: threading.Event) -> Any:
+            cancelled.wait(delay)
+            return value
+
+        def hang_blocking(*, cancelled: threading.Event) -> None:
+            cancelled.wait()
+
+        server.hook_request("slow", slow_blocking)
+        server.hook_request("hang", hang_blocking)
+    else:
+
+        async def slow(delay: float, value: Any = None) -> Any:
+            await anyio.sleep(delay)
+            return value
+
+        async def hang() -> None:
+            await anyio.sleep_forever()
+
+        server.hook_request("slow", slow)
+        server.hook_request("hang", hang)
 
     @server.method
     def fail() -> None:
@@ -100,7 +129,8 @@ def make_server() -> Server:
                 pass
         return {
             "connections": len(server.remotes),
-            "tasks": len(anyio.get_running_tasks()),
+            "tasks": busy_handler_threads() if backend == "blocking" else len(anyio.get_running_tasks()),
+            "threads": threading.active_count(),
             "notifications": notes[0],
             "blocks": sys.getallocatedblocks(),
             # the core's bounded memos of Content-Length headers (up to 4096 each)
@@ -111,8 +141,24 @@ def make_server() -> Server:
     return server
 
 
-async def serve_main() -> None:
-    server = make_server()
+def busy_handler_threads() -> int:
+    """The blocking server's threads inside one of this file's handlers, but for the
+    one asking (its main thread serves, in ``serve_blocking``)."""
+    skip = {threading.get_ident(), threading.main_thread().ident}
+    busy = 0
+    for ident, top in sys._current_frames().items():
+        frame: types.FrameType | None = None if ident in skip else top
+        while frame is not None:
+            if frame.f_code.co_filename == __file__:
+                busy += 1
+                break
+            frame = frame.f_back
+    return busy
+
+
+async def serve_main(backend: str) -> None:
+    server = make_server(backend)
+    assert isinstance(server, Server)
     async with anyio.create_task_group() as tg:
         (address,) = await tg.start(server.serve, "tcp://127.0.0.1:0")
         print(address, flush=True)
@@ -120,6 +166,12 @@ async def serve_main() -> None:
             async for _ in signals:
                 server.shutdown()
                 break
+
+
+def serve_blocking() -> None:
+    """The blocking server: ``start`` serves until SIGTERM, then shuts down gracefully."""
+    server = make_server("blocking")
+    server.start("tcp://127.0.0.1:0", ready=lambda addresses: print(addresses[0], flush=True))
 
 
 # ---- the load (this process) ------------------------------------------------------------
@@ -157,6 +209,7 @@ async def good_client(address: str, seed: int, stop: anyio.Event, tally: Tally) 
     rng = random.Random(seed)
     while not stop.is_set():
         framing = rng.choice(("ndjson", "content-length"))
+        left: list[Any] = []
         try:
             async with connect(address, framing=framing, timeout=10, request_timeout=30) as remote:
                 for _ in range(rng.randint(1, 200)):
@@ -165,11 +218,14 @@ async def good_client(address: str, seed: int, stop: anyio.Event, tally: Tally) 
                     await one_call(remote, rng, tally)
                 if rng.random() < 0.3:  # leave with calls in flight
                     for _ in range(rng.randint(1, 5)):
-                        remote.request("slow", [rng.uniform(0.01, 1.0), "late"])
-                    remote.request("hang")
+                        left.append(remote.request("slow", [rng.uniform(0.01, 1.0), "late"]))
+                    left.append(remote.request("hang"))
                     tally.ok("hung up with calls in flight")
                 else:
                     tally.ok("hung up between calls")
+            for call in left:  # failed with ConnectionClosed, as meant: not worth a warning
+                if not call.done() or not isinstance(call.exception(), ConnectionClosed):
+                    tally.bad("a call left in flight did not end with ConnectionClosed")
         except (OSError, TimeoutError) as exc:
             tally.bad(f"connect or call failed: {type(exc).__name__}")
             await anyio.sleep(0.1)
@@ -390,20 +446,28 @@ async def server_stats(address: str, collect: bool = False) -> dict[str, Any]:
     async with connect(address, timeout=10, request_timeout=10) as remote:
         stats: dict[str, Any] = await remote.request("soak.stats", {"collect": collect})
     stats["connections"] -= 1  # this one
+    stats["backend"] = BACKEND
     return stats
+
+
+def _work(stats: dict[str, Any]) -> str:
+    """A server's running work: its tasks, or (blocking) its threads in a handler."""
+    if stats.get("backend") == "blocking":
+        return f"{stats['tasks']} threads in a handler ({stats['threads']} threads)"
+    return f"{stats['tasks']} tasks"
 
 
 def report(label: str, started: float, tally: Tally, pid: int, stats: dict[str, int] | None) -> None:
     elapsed = time.monotonic() - started
     print(f"[{elapsed:6.1f}s] {label}: {tally.served} requests served "
           f"({tally.served / max(elapsed, 1e-9):.0f}/s), server RSS {rss_kib(pid) / 1024:.1f} MiB"
-          + (f", {stats['connections']} connections, {stats['tasks']} tasks" if stats else ""))
+          + (f", {stats['connections']} connections, {_work(stats)}" if stats else ""))
     for kind, n in sorted(tally.kinds.items()):
         print(f"    {n:9d}  {kind}")
     sys.stdout.flush()
 
 
-async def load(address: str, pid: int, minutes: float, clients: int, seed: int) -> int:
+async def load(address: str, pid: int, minutes: float, clients: int, seed: int, backend: str) -> int:
     tally = Tally()
     started = time.monotonic()
     # Warm-up: a few seconds of light load, then the baseline.
@@ -417,7 +481,7 @@ async def load(address: str, pid: int, minutes: float, clients: int, seed: int) 
     base = await server_stats(address, collect=True)
     rss_start = rss_kib(pid)
     print(f"start (after a warm-up): server RSS {rss_start / 1024:.1f} MiB, "
-          f"{base['connections']} connections, {base['tasks']} tasks, "
+          f"{base['connections']} connections, {_work(base)}, "
           f"{base['blocks']} allocated blocks, {base['memo_entries']} header memo entries", flush=True)
     tally = Tally()
     started = time.monotonic()
@@ -455,7 +519,8 @@ async def load(address: str, pid: int, minutes: float, clients: int, seed: int) 
           f"({(rss_end - rss_start) / 1024:+.1f} MiB; {rss_trimmed / 1024:.1f} MiB after gc and malloc_trim)")
     print(f"server Python blocks allocated: start {base['blocks']}, end {collected['blocks']} "
           f"({collected['blocks'] - base['blocks']:+d}; header memo entries {base['memo_entries']} -> "
-          f"{collected['memo_entries']}); tasks: start {base['tasks']}, end {stats['tasks']}; "
+          f"{collected['memo_entries']}); {'threads in a handler' if backend == 'blocking' else 'tasks'}: "
+          f"start {base['tasks']}, end {stats['tasks']}; "
           f"connections left: {stats['connections']} (settled in {time.monotonic() - settle_started:.1f}s); "
           f"notifications handled: {stats['notifications']}")
     failed = tally.bad_count > 0 or stats["connections"] != 0 or stats["tasks"] != base["tasks"]
@@ -469,11 +534,16 @@ def main() -> int:
     parser.add_argument("minutes", type=float, help="how long the load runs")
     parser.add_argument("--clients", type=int, default=20, help="well-behaved clients (default 20)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--server-backend", choices=["asyncio", "trio"], default="asyncio")
+    parser.add_argument("--server-backend", choices=["asyncio", "trio", "blocking"], default="asyncio")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child
     args = parser.parse_args()
+    global BACKEND
+    BACKEND = args.server_backend
     if args.serve:
-        anyio.run(serve_main, backend=args.server_backend)
+        if BACKEND == "blocking":
+            serve_blocking()
+        else:
+            anyio.run(serve_main, BACKEND, backend=BACKEND)
         return 0
     child = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "0", "--serve", "--server-backend", args.server_backend],
@@ -485,7 +555,7 @@ def main() -> int:
         address = child.stdout.readline().strip()
         print(f"server pid {child.pid} ({args.server_backend}) on {address}; load for {args.minutes} min, "
               f"{args.clients} clients, seed {args.seed}", flush=True)
-        status = anyio.run(load, address, child.pid, args.minutes, args.clients, args.seed)
+        status = anyio.run(load, address, child.pid, args.minutes, args.clients, args.seed, BACKEND)
     finally:
         child.send_signal(signal.SIGTERM)
         try:
