@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import threading
 import time
@@ -233,7 +234,6 @@ def test_message_timeout(server_kind: str) -> None:
         assert peer.receive_eof(timeout=5) == b""
 
 
-
 def test_message_timeout_does_not_count_while_the_peer_does_not_read(server_kind: str) -> None:
     """The slow-message clock measures the peer's sending, not our reading: while our own
     output is over its bound (the peer does not read it), reading is paused and the rest
@@ -250,7 +250,7 @@ def test_message_timeout_does_not_count_while_the_peer_does_not_read(server_kind
         peer.send_raw(rest[:20])  # half a message: the clock runs
         wait_for(lambda: served.stats(remote)["bytes_in"] == received + 20)
         big = "x" * (1 << 20)
-
+        peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)  # (no autotuning)
 
         def flood() -> None:  # past the kernel's buffers and write_buffer_size: reading pauses
             for _ in range(16):
