@@ -315,7 +315,8 @@ class Session:
     requests awaiting answers (one more raises ``LimitExceeded``);
     ``write_buffer_size``: unsent bytes above which reading pauses. Timeouts in seconds
     (None: never): ``request_timeout`` (our requests' default), ``idle_timeout`` (no
-    traffic and no work), ``message_timeout`` (a message half-received),
+    traffic and no work), ``message_timeout`` (a message half-received; not counted
+    from a ``PAUSED`` until the peer's next bytes),
     ``shutdown_timeout`` (how long work may finish after a shutdown or the peer's EOF).
     ``auth_token``: the peer must first send ``$/authenticate`` with it (a server's
     gate). ``debug``: an internal error's answer carries the exception's repr.
