@@ -215,14 +215,20 @@ class StreamWire(Wire):
         self.stream = stream
         extra = stream.extra
         family = extra(anyio.abc.SocketAttribute.family, None)
-        self._describe(
-            family,
-            extra(anyio.abc.SocketAttribute.local_address, None),
-            extra(anyio.abc.SocketAttribute.remote_address, None),
-            extra(anyio.abc.SocketAttribute.raw_socket, None),
-        )
-        if description is not None:
-            self.peer = description
+        raw = extra(anyio.abc.SocketAttribute.raw_socket, None)
+        try:
+            local = extra(anyio.abc.SocketAttribute.local_address, None)
+            peer = extra(anyio.abc.SocketAttribute.remote_address, None)
+        except OSError:
+            # Its socket is closed already: asyncio closes it as soon as the peer resets
+            # the connection, which may come before this (right after a TLS handshake).
+            # The wire is made all the same, and ends at its first read.
+            self._describe(family, "", "", raw)
+            self.peer = description or "a peer that has disconnected"
+        else:
+            self._describe(family, local, peer, raw)
+            if description is not None:
+                self.peer = description
         self.certificate = extra(TLSAttribute.peer_certificate, None)
         self._writing = False
         self._reading = True

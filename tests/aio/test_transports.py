@@ -13,6 +13,7 @@ import signal
 import socket
 import ssl
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -521,6 +522,32 @@ async def test_tls_client_rejects_an_untrusted_server(
                 pytest.fail("connected to a server signed by an unknown CA")
         text = repr(info.value) + repr(info.value.__cause__)
         assert "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text
+
+
+@pytest.mark.parametrize("sends", [False, True])
+async def test_a_tls_client_that_resets_right_after_the_handshake_does_not_stop_the_server(
+    ca: Any, server_cert: Any, sends: bool
+) -> None:
+    """Found by ``bench/soak.py --tls``: on asyncio, a peer's reset closes the socket at
+    once, and it came before the server had made the connection's wire, whose look at
+    the socket's addresses then raised (EBADF) out of the server's task group: the whole
+    server stopped. A few tries, as the reset races with the server's last handshake step."""
+    server = make_server(ssl=server_context(server_cert))
+    async with serving(server, "tcp://127.0.0.1:0") as (address,):
+        host, port = address.removeprefix("tcp://").rsplit(":", 1)
+        ctx = client_context(ca)
+        for _ in range(10):
+            stream = await anyio.connect_tcp(host, int(port), ssl_context=ctx, tls_standard_compatible=False)
+            if sends:
+                await stream.send(b'{"jsonrpc":"2.0","method":"add","params":[1,2],"id":1}\n')
+            raw = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+            await anyio.aclose_forcefully(stream)
+        with anyio.fail_after(10):
+            async with connect(address, ssl=ctx, timeout=10) as remote:
+                assert await remote.request("add", [20, 22]) == 42
+            while server.remotes:  # and each reset connection has ended
+                await anyio.sleep(0.01)
 
 
 async def test_tls_client_checks_the_hostname(ca: Any, caplog: pytest.LogCaptureFixture) -> None:

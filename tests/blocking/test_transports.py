@@ -8,9 +8,11 @@ import os
 import socket
 import ssl
 import stat
+import struct
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +200,31 @@ def test_a_tls_connection_ends_though_its_peer_left_before_the_answer(ca: trustm
                     peer.unwrap()
         release.set()  # (answered now, to nobody)
         assert ended.wait(10)
+
+
+@pytest.mark.parametrize("sends", [False, True])
+def test_a_tls_client_that_resets_right_after_the_handshake_does_not_stop_the_server(
+    ca: trustme.CA, sends: bool
+) -> None:
+    # The async adapter's twin found a server that stopped (tests/aio/test_transports.py).
+    server_ctx, client_ctx = tls_contexts(ca, mutual=False)
+    server = Server(ssl=server_ctx)
+    server.hook_request("echo", lambda x: x)
+    with serving(server) as (address,):
+        host, port = address.removeprefix("tcp://").rsplit(":", 1)
+        for _ in range(10):
+            with socket.create_connection((host, int(port))) as raw:
+                peer = client_ctx.wrap_socket(raw, server_hostname="localhost")
+                if sends:
+                    peer.sendall(b'{"jsonrpc": "2.0", "method": "echo", "params": [1], "id": 1}\n')
+                peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+                peer.close()
+        with connect(address, ssl=client_ctx, server_hostname="localhost", timeout=5) as remote:
+            assert remote.request("echo", [2]) == 2
+        deadline = time.monotonic() + 10
+        while server.remotes and time.monotonic() < deadline:  # and each reset one has ended
+            time.sleep(0.01)
+        assert not server.remotes
 
 
 def test_tls_with_server_to_client_calls(ca: trustme.CA) -> None:
