@@ -3,16 +3,22 @@
     python bench/soak.py 2                    # two minutes
     python bench/soak.py 10 --clients 40 --server-backend trio
     python bench/soak.py 5 --server-backend blocking   # the blocking adapter's Server
+    python bench/soak.py 5 --client-backend blocking   # ... and its clients
+    python bench/soak.py 3 --tls                       # every connection over TLS
 
 Not part of the test suite. The server (in a child process: the async adapter on asyncio
-or trio, or the blocking adapter) gets, all
-at once: well-behaved clients making requests, notifications and batches in both
-framings and checking every answer, that hang up at random moments (also in the middle
-of calls); raw clients that drop at random points of a message (mid-header, mid-body,
-requests in flight, by a TCP reset); hostile clients sending malformed frames (bad JSON,
-bad UTF-8, bad ids and params, broken Content-Length headers, oversize and endless
-messages, floods of tiny messages) and checking the error codes; a slow sender; and a
-peer that asks for large answers and never reads them.
+or trio, or the blocking adapter) gets, all at once: well-behaved clients (the async
+adapter's, on asyncio or trio, or the blocking adapter's, some sharing a connection among
+threads) making requests, notifications and batches in both framings and checking every
+answer, with calls that time out or are cancelled on purpose and calls the server makes
+back to them, that hang up at random moments (also in the middle of calls) or have the
+server hang up on them with calls in flight; raw clients that drop at random points of
+a message (mid-header, mid-body, requests in flight, by a TCP reset); hostile clients
+sending malformed frames (bad JSON, bad UTF-8, bad ids and params, broken Content-Length
+headers, oversize and endless messages, floods of tiny messages) and checking the error
+codes; a slow sender; and a peer that asks for large answers and never reads them. With
+``--tls``, all of it over TLS (a trustme test CA), and more raw clients that leave in the
+middle of a handshake or speak plain JSON to the TLS port.
 
 Every ~10 s, and at the end, it prints the requests served, the errors by kind, and the
 server's resident memory (VmRSS from /proc/<pid>/status) and open connections. At the
@@ -38,9 +44,11 @@ import os
 import random
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import types
@@ -48,11 +56,12 @@ from typing import Any
 
 import anyio
 
-from ezipc_adapters import ConnectionClosed, ErrorCode, RemoteError, Server, blocking, connect
+from ezipc_adapters import Client, ConnectionClosed, ErrorCode, RemoteError, Server, blocking, connect
 from ezipc_proto import _framing
 
 REPORT_EVERY = 10.0
 BACKEND = "asyncio"  # the server's (set by main)
+TLS_CLIENT: ssl.SSLContext | None = None  # with --tls: every client's context (set by main)
 MAX_MESSAGE = 1024 * 1024
 
 # ---- the server (child process) ---------------------------------------------------------
@@ -70,15 +79,17 @@ class LogCounter(logging.Filter):
         return False
 
 
-def make_server(backend: str) -> Server | blocking.Server:
+def make_server(backend: str, tls_dir: str | None = None) -> Server | blocking.Server:
     """The soak's server on ``backend`` ("asyncio", "trio" or "blocking"): the same
     methods on both adapters; ``slow`` and ``hang`` as each adapter lets them be
-    interrupted (a cancel scope, or the blocking adapter's ``cancelled`` token)."""
-    server: Server | blocking.Server
-    if backend == "blocking":
-        server = blocking.Server(max_message_size=MAX_MESSAGE, message_timeout=2.0, shutdown_timeout=1.0)
-    else:
-        server = Server(max_message_size=MAX_MESSAGE, message_timeout=2.0, shutdown_timeout=1.0)
+    interrupted (a cancel scope, or the blocking adapter's ``cancelled`` token). With
+    ``tls_dir``, TLS with the certificate and key there."""
+    options: dict[str, Any] = dict(max_message_size=MAX_MESSAGE, message_timeout=2.0, shutdown_timeout=1.0)
+    if tls_dir is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(os.path.join(tls_dir, "server.pem"))
+        options["ssl"] = context
+    server = blocking.Server(**options) if backend == "blocking" else Server(**options)
     notes = [0]
     logs = LogCounter()
     logging.getLogger("ezipc").addFilter(logs)
@@ -97,8 +108,16 @@ def make_server(backend: str) -> Server | blocking.Server:
         def hang_blocking(*, cancelled: threading.Event) -> None:
             cancelled.wait()
 
+        def callback_blocking(n: int, remote: Any) -> list[Any]:
+            return [remote.request("client.echo", [i], timeout=10) for i in range(n)]
+
+        def bye_blocking(remote: Any) -> None:
+            remote.close("bye")
+
         server.hook_request("slow", slow_blocking)
         server.hook_request("hang", hang_blocking)
+        server.hook_request("callback", callback_blocking)
+        server.hook_request("bye", bye_blocking)
     else:
 
         async def slow(delay: float, value: Any = None) -> Any:
@@ -108,8 +127,16 @@ def make_server(backend: str) -> Server | blocking.Server:
         async def hang() -> None:
             await anyio.sleep_forever()
 
+        async def callback(n: int, remote: Any) -> list[Any]:
+            return [await remote.request("client.echo", [i], timeout=10) for i in range(n)]
+
+        async def bye(remote: Any) -> None:
+            remote.close("bye")
+
         server.hook_request("slow", slow)
         server.hook_request("hang", hang)
+        server.hook_request("callback", callback)
+        server.hook_request("bye", bye)
 
     @server.method
     def fail() -> None:
@@ -156,8 +183,8 @@ def busy_handler_threads() -> int:
     return busy
 
 
-async def serve_main(backend: str) -> None:
-    server = make_server(backend)
+async def serve_main(backend: str, tls_dir: str | None) -> None:
+    server = make_server(backend, tls_dir)
     assert isinstance(server, Server)
     async with anyio.create_task_group() as tg:
         (address,) = await tg.start(server.serve, "tcp://127.0.0.1:0")
@@ -168,9 +195,9 @@ async def serve_main(backend: str) -> None:
                 break
 
 
-def serve_blocking() -> None:
+def serve_blocking(tls_dir: str | None) -> None:
     """The blocking server: ``start`` serves until SIGTERM, then shuts down gracefully."""
-    server = make_server("blocking")
+    server = make_server("blocking", tls_dir)
     server.start("tcp://127.0.0.1:0", ready=lambda addresses: print(addresses[0], flush=True))
 
 
@@ -178,19 +205,29 @@ def serve_blocking() -> None:
 
 
 class Tally:
+    """Outcomes by kind; thread-safe (the blocking clients count from their threads)."""
+
     def __init__(self) -> None:
         self.kinds: collections.Counter[str] = collections.Counter()
         self.served = 0  # requests answered (results and error answers), as the clients saw
+        self._lock = threading.Lock()
 
     def ok(self, kind: str, n: int = 1) -> None:
-        self.kinds[kind] += n
+        with self._lock:
+            self.kinds[kind] += n
 
     def bad(self, kind: str) -> None:
-        self.kinds["BAD: " + kind] += 1
+        with self._lock:
+            self.kinds["BAD: " + kind] += 1
+
+    def serve(self, n: int = 1) -> None:
+        with self._lock:
+            self.served += n
 
     @property
     def bad_count(self) -> int:
-        return sum(n for k, n in self.kinds.items() if k.startswith("BAD: "))
+        with self._lock:
+            return sum(n for k, n in self.kinds.items() if k.startswith("BAD: "))
 
 
 def _frame(framing: str, body: bytes) -> bytes:
@@ -203,29 +240,67 @@ def _req(method: str, params: Any, id: Any) -> bytes:
     return json.dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": id}).encode()
 
 
+def _echo_back(value: Any = None) -> Any:
+    """The clients' own method, which the server's ``callback`` calls back."""
+    return value
+
+
+def _check_left(calls: list[Any], tally: Tally) -> None:
+    """Calls left in flight on purpose end with ConnectionClosed (so they are not
+    logged as unawaited either)."""
+    for call in calls:
+        if not call.done() or not isinstance(call.exception(), ConnectionClosed):
+            tally.bad("a call left in flight did not end with ConnectionClosed")
+
+
+def _check_bye(outcomes: list[Any], tally: Tally) -> None:
+    """The server hung up (``bye``, the last call) with ``slow`` calls in flight: each
+    of those ends with its own result (if it finished first) or ConnectionClosed."""
+    if not isinstance(outcomes[-1], ConnectionClosed) or any(
+        not isinstance(outcome, ConnectionClosed) and outcome != i for i, outcome in enumerate(outcomes[:-1])
+    ):
+        tally.bad(f"the server hung up, calls in flight ended {outcomes!r}")
+    tally.ok("the server hung up with calls in flight")
+
+
 async def good_client(address: str, seed: int, stop: anyio.Event, tally: Tally) -> None:
-    """Requests, notifications and batches, each answer checked; hangs up now and then
-    (between calls, or by abandoning calls in flight), then connects again."""
+    """Requests, notifications and batches, each answer checked; calls that time out or
+    are cancelled on purpose; the server calling back. Hangs up now and then (between
+    calls, or by abandoning calls in flight), or has the server hang up with calls in
+    flight, then connects again."""
     rng = random.Random(seed)
     while not stop.is_set():
-        framing = rng.choice(("ndjson", "content-length"))
+        client = Client(framing=rng.choice(("ndjson", "content-length")))
+        client.hook_request("client.echo", _echo_back)
         left: list[Any] = []
         try:
-            async with connect(address, framing=framing, timeout=10, request_timeout=30) as remote:
+            async with client.connect(address, timeout=10, request_timeout=30, ssl=TLS_CLIENT) as remote:
                 for _ in range(rng.randint(1, 200)):
                     if stop.is_set():
                         break
                     await one_call(remote, rng, tally)
-                if rng.random() < 0.3:  # leave with calls in flight
+                ending = rng.random()
+                if ending < 0.3:  # leave with calls in flight
                     for _ in range(rng.randint(1, 5)):
                         left.append(remote.request("slow", [rng.uniform(0.01, 1.0), "late"]))
                     left.append(remote.request("hang"))
                     tally.ok("hung up with calls in flight")
+                elif ending < 0.35:  # the server hangs up, with calls in flight
+                    calls = [
+                        remote.request("slow", [rng.uniform(0.01, 1.0), i]) for i in range(rng.randint(0, 3))
+                    ]
+                    calls.append(remote.request("bye"))
+                    with anyio.fail_after(10):
+                        outcomes = []
+                        for call in calls:
+                            try:
+                                outcomes.append(await call)
+                            except ConnectionClosed as exc:
+                                outcomes.append(exc)
+                    _check_bye(outcomes, tally)
                 else:
                     tally.ok("hung up between calls")
-            for call in left:  # failed with ConnectionClosed, as meant: not worth a warning
-                if not call.done() or not isinstance(call.exception(), ConnectionClosed):
-                    tally.bad("a call left in flight did not end with ConnectionClosed")
+            _check_left(left, tally)
         except (OSError, TimeoutError) as exc:
             tally.bad(f"connect or call failed: {type(exc).__name__}")
             await anyio.sleep(0.1)
@@ -235,24 +310,24 @@ async def one_call(remote: Any, rng: random.Random, tally: Tally) -> None:
     op = rng.random()
     value = [rng.random(), "\u00e9" * rng.randint(0, 20), {"n": rng.randint(-(2**40), 2**40)}]
     try:
-        if op < 0.4:
+        if op < 0.35:
             if await remote.request("echo", [value]) != value:
                 tally.bad("wrong echo")
             tally.ok("request ok")
-        elif op < 0.55:
+        elif op < 0.5:
             xs = [rng.randint(-1000, 1000) for _ in range(rng.randint(0, 20))]
             if await remote.request("sum", xs) != sum(xs):
                 tally.bad("wrong sum")
             tally.ok("request ok")
-        elif op < 0.65:
+        elif op < 0.58:
             if await remote.request("slow", [rng.uniform(0, 0.02), value]) != value:
                 tally.bad("wrong slow echo")
             tally.ok("request ok")
-        elif op < 0.8:
+        elif op < 0.7:
             await remote.notify("note", [rng.randint(0, 10**6)])
             tally.ok("notification sent")
             return
-        elif op < 0.92:
+        elif op < 0.8:
             n = rng.randint(1, 20)
             results = await remote.batch(
                 [("echo", [i]) for i in range(n)] + [("nosuch", None)], notify=[("note", [n])]
@@ -262,7 +337,26 @@ async def one_call(remote: Any, rng: random.Random, tally: Tally) -> None:
             ):
                 tally.bad("wrong batch answer")
             tally.ok("batch ok")
-            tally.served += n
+            tally.serve(n)
+        elif op < 0.86:
+            n = rng.randint(0, 5)
+            if await remote.request("callback", [n]) != list(range(n)):
+                tally.bad("wrong callback answer")
+            tally.ok("server called back")
+        elif op < 0.89:
+            try:
+                await remote.request("slow", [0.5], timeout=rng.uniform(0.001, 0.05))
+                tally.bad("slow call did not time out")
+            except TimeoutError:
+                tally.ok("timed out (expected)")
+            return
+        elif op < 0.92:
+            with anyio.move_on_after(rng.uniform(0, 0.05)) as scope:
+                await remote.request("slow", [0.5])
+            if not scope.cancelled_caught:
+                tally.bad("cancelled call finished")
+            tally.ok("cancelled (expected)")
+            return
         else:
             method = rng.choice(["fail", "nan", "nosuch"])
             try:
@@ -273,14 +367,189 @@ async def one_call(remote: Any, rng: random.Random, tally: Tally) -> None:
                 if exc.code != want or exc.data is not None:
                     tally.bad(f"{method}: error {exc.code}")
                 tally.ok(f"error answer {exc.code} (expected)")
-        tally.served += 1
+        tally.serve()
     except ConnectionClosed:
         tally.bad("ConnectionClosed while the client was connected")
     except TimeoutError:
         tally.bad("request timed out")
 
 
+# ---- the blocking adapter's client (--client-backend blocking) ---------------------------
+
+
+def blocking_good_client(address: str, seed: int, stop: threading.Event, tally: Tally) -> None:
+    """``good_client`` on the blocking adapter, in a thread of its own; on some
+    connections, 1-3 more threads make calls on the same Remote meanwhile."""
+    rng = random.Random(seed)
+    while not stop.is_set():
+        client = blocking.Client(rng.choice(("ndjson", "content-length")))
+        client.hook_request("client.echo", _echo_back)
+        left: list[Any] = []
+        try:
+            with client.connect(address, timeout=10, request_timeout=30, ssl=TLS_CLIENT) as remote:
+                helpers = [
+                    threading.Thread(
+                        target=blocking_calls,
+                        args=(remote, random.Random(rng.random()), rng.randint(1, 100), stop, tally),
+                        daemon=True,
+                    )
+                    for _ in range(rng.choice((0, 0, 1, 3)))
+                ]
+                for helper in helpers:
+                    helper.start()
+                blocking_calls(remote, rng, rng.randint(1, 200), stop, tally)
+                for helper in helpers:
+                    helper.join(60)
+                    if helper.is_alive():
+                        tally.bad("a client thread sharing the Remote did not finish in 60 s")
+                ending = rng.random()
+                if ending < 0.3:
+                    for _ in range(rng.randint(1, 5)):
+                        left.append(remote.submit("slow", [rng.uniform(0.01, 1.0), "late"]))
+                    left.append(remote.submit("hang"))
+                    tally.ok("hung up with calls in flight")
+                elif ending < 0.35:
+                    futures = [
+                        remote.submit("slow", [rng.uniform(0.01, 1.0), i]) for i in range(rng.randint(0, 3))
+                    ]
+                    futures.append(remote.submit("bye"))
+                    outcomes = []
+                    for future in futures:
+                        try:
+                            outcomes.append(future.result(10))
+                        except ConnectionClosed as exc:
+                            outcomes.append(exc)
+                    _check_bye(outcomes, tally)
+                else:
+                    tally.ok("hung up between calls")
+            _check_left(left, tally)
+        except (OSError, TimeoutError) as exc:
+            tally.bad(f"connect or call failed: {type(exc).__name__}")
+            time.sleep(0.1)
+
+
+def blocking_calls(remote: Any, rng: random.Random, n: int, stop: threading.Event, tally: Tally) -> None:
+    for _ in range(n):
+        if stop.is_set():
+            return
+        try:
+            blocking_call(remote, rng, tally)
+        except ConnectionClosed:
+            tally.bad("ConnectionClosed while the client was connected")
+        except TimeoutError:
+            tally.bad("request timed out")
+        except Exception as exc:
+            tally.bad(f"blocking call raised {type(exc).__name__}: {exc}")
+
+
+def blocking_call(remote: Any, rng: random.Random, tally: Tally) -> None:
+    op = rng.random()
+    value = [rng.random(), "\u00e9" * rng.randint(0, 20), {"n": rng.randint(-(2**40), 2**40)}]
+    if op < 0.3:
+        if remote.request("echo", [value]) != value:
+            tally.bad("wrong echo")
+        tally.ok("request ok")
+    elif op < 0.4:
+        k = rng.randint(1, 64)  # pipelined through futures
+        futures = [remote.submit("sum", [i, 1]) for i in range(k)]
+        if [future.result(30) for future in futures] != [i + 1 for i in range(k)]:
+            tally.bad("wrong pipelined sums")
+        tally.ok("pipelined submits ok")
+        tally.serve(k - 1)
+    elif op < 0.45:
+        done = threading.Event()
+        outcome: list[Any] = []
+
+        def finished(future: Any) -> None:
+            outcome.append(future.result())
+            done.set()
+
+        remote.submit("echo", [value], callback=finished)
+        if not done.wait(30) or outcome != [value]:
+            tally.bad("submit's callback did not run, or saw a wrong result")
+        tally.ok("submit with a callback ok")
+    elif op < 0.52:
+        if remote.request("slow", [rng.uniform(0, 0.02), value]) != value:
+            tally.bad("wrong slow echo")
+        tally.ok("request ok")
+    elif op < 0.64:
+        remote.notify("note", [rng.randint(0, 10**6)])
+        tally.ok("notification sent")
+        return
+    elif op < 0.74:
+        n = rng.randint(1, 20)
+        results = remote.batch([("echo", [i]) for i in range(n)] + [("nosuch", None)], notify=[("note", [n])])
+        if results[:n] != list(range(n)) or not (
+            isinstance(results[n], RemoteError) and results[n].code == ErrorCode.METHOD_NOT_FOUND
+        ):
+            tally.bad("wrong batch answer")
+        tally.ok("batch ok")
+        tally.serve(n)
+    elif op < 0.82:
+        n = rng.randint(0, 5)
+        if remote.request("callback", [n]) != list(range(n)):
+            tally.bad("wrong callback answer")
+        tally.ok("server called back")
+    elif op < 0.86:
+        try:
+            remote.request("slow", [0.5], timeout=rng.uniform(0.001, 0.05))
+            tally.bad("slow call did not time out")
+        except TimeoutError:
+            tally.ok("timed out (expected)")
+        return
+    elif op < 0.9:
+        future = remote.submit("slow", [0.5])
+        time.sleep(rng.uniform(0, 0.02))
+        if not future.cancel() or not future.cancelled():
+            tally.bad("a slow call's future could not be cancelled")
+        tally.ok("cancelled (expected)")
+        return
+    else:
+        method = rng.choice(["fail", "nan", "nosuch"])
+        try:
+            remote.request(method)
+            tally.bad(f"{method} did not fail")
+        except RemoteError as exc:
+            want = ErrorCode.METHOD_NOT_FOUND if method == "nosuch" else ErrorCode.INTERNAL_ERROR
+            if exc.code != want or exc.data is not None:
+                tally.bad(f"{method}: error {exc.code}")
+            tally.ok(f"error answer {exc.code} (expected)")
+    tally.serve()
+
+
 DROP_KINDS = ("before_send", "mid_header", "mid_body", "in_flight", "reset", "after_batch", "partial_read")
+TLS_DROP_KINDS = ("mid_handshake", "not_tls")  # with --tls, on a plain TCP connection
+
+
+async def open_raw(host: str, port: int) -> anyio.abc.ByteStream:
+    """A raw connection to the server: TCP, or TLS over it with --tls."""
+    if TLS_CLIENT is None:
+        return await anyio.connect_tcp(host, port)
+    return await anyio.connect_tcp(host, port, ssl_context=TLS_CLIENT, tls_standard_compatible=False)
+
+
+async def tls_dropper(host: str, port: int, kind: str, rng: random.Random) -> None:
+    """A TLS server's plain TCP peer: half a handshake then gone, or JSON instead of TLS
+    (the server closes it)."""
+    async with await anyio.connect_tcp(host, port) as stream:
+        if kind == "mid_handshake":
+            hello = ssl.MemoryBIO()
+            tls = ssl.create_default_context().wrap_bio(ssl.MemoryBIO(), hello, server_hostname=host)
+            try:
+                tls.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            data = hello.read()
+            await stream.send(data[: rng.randrange(1, len(data))])
+        else:
+            await stream.send(_frame("ndjson", _req("echo", ["plain"], 1)))
+            with anyio.fail_after(10):
+                try:
+                    while await stream.receive():
+                        pass
+                except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                    pass
+        await anyio.sleep(rng.uniform(0, 0.05))
 
 
 async def dropper(address: str, seed: int, stop: anyio.Event, tally: Tally) -> None:
@@ -289,10 +558,17 @@ async def dropper(address: str, seed: int, stop: anyio.Event, tally: Tally) -> N
     host, port = address.removeprefix("tcp://").rsplit(":", 1)
     ids = itertools.count(1)
     while not stop.is_set():
-        kind = rng.choice(DROP_KINDS)
+        kind = rng.choice(DROP_KINDS + (TLS_DROP_KINDS if TLS_CLIENT is not None else ()))
         framing = rng.choice(("ndjson", "content-length"))
+        if kind in TLS_DROP_KINDS:
+            try:
+                await tls_dropper(host, int(port), kind, rng)
+                tally.ok(f"dropped: {kind}")
+            except (OSError, anyio.BrokenResourceError, TimeoutError) as exc:
+                tally.bad(f"dropper {kind}: {type(exc).__name__}")
+            continue
         try:
-            stream = await anyio.connect_tcp(host, int(port))
+            stream = await open_raw(host, int(port))
         except OSError as exc:
             tally.bad(f"dropper could not connect: {exc!r}")
             await anyio.sleep(0.1)
@@ -326,8 +602,10 @@ async def dropper(address: str, seed: int, stop: anyio.Event, tally: Tally) -> N
 
 
 #: (frame, the error codes it must be answered with (in any order), whether it closes)
-def hostile_inputs(framing: str) -> list[tuple[bytes, list[int], bool]]:
-    f = lambda body: _frame(framing, body)  # noqa: E731
+def hostile_inputs(framing: str) -> list[tuple[bytes, list[ErrorCode], bool]]:
+    def f(body: bytes) -> bytes:
+        return _frame(framing, body)
+
     inputs = [
         (f(b'{"jsonrpc":"2.0","method":"echo","params":["\xff"],"id":1}'), [ErrorCode.PARSE_ERROR], False),
         (f(b'{"jsonrpc":"2.0","method":"echo",,}'), [ErrorCode.PARSE_ERROR], False),
@@ -360,7 +638,7 @@ async def hostile(address: str, seed: int, stop: anyio.Event, tally: Tally) -> N
         framing = rng.choice(("ndjson", "content-length"))
         data, codes, closes = rng.choice(hostile_inputs(framing))
         try:
-            async with await anyio.connect_tcp(host, int(port)) as stream:
+            async with await open_raw(host, int(port)) as stream:
                 await stream.send(data)
                 if not closes:
                     await stream.send(_frame(framing, _req("echo", ["probe"], "probe")))
@@ -409,7 +687,7 @@ async def slow_sender(address: str, stop: anyio.Event, tally: Tally) -> None:
     host, port = address.removeprefix("tcp://").rsplit(":", 1)
     while not stop.is_set():
         started = time.monotonic()
-        async with await anyio.connect_tcp(host, int(port)) as stream:
+        async with await open_raw(host, int(port)) as stream:
             try:
                 for byte in itertools.cycle(_req("echo", ["slow"], 1) + b"\n"):
                     await stream.send(bytes([byte]))
@@ -426,7 +704,7 @@ async def never_reader(address: str, stop: anyio.Event, tally: Tally) -> None:
     host, port = address.removeprefix("tcp://").rsplit(":", 1)
     ids = itertools.count()
     while not stop.is_set():
-        async with await anyio.connect_tcp(host, int(port)) as stream:
+        async with await open_raw(host, int(port)) as stream:
             with anyio.move_on_after(5):
                 while not stop.is_set():
                     await stream.send(b"".join(_req("blob", [100_000], next(ids)) + b"\n" for _ in range(50)))
@@ -443,7 +721,7 @@ def rss_kib(pid: int) -> int:
 
 
 async def server_stats(address: str, collect: bool = False) -> dict[str, Any]:
-    async with connect(address, timeout=10, request_timeout=10) as remote:
+    async with connect(address, timeout=10, request_timeout=10, ssl=TLS_CLIENT) as remote:
         stats: dict[str, Any] = await remote.request("soak.stats", {"collect": collect})
     stats["connections"] -= 1  # this one
     stats["backend"] = BACKEND
@@ -467,7 +745,9 @@ def report(label: str, started: float, tally: Tally, pid: int, stats: dict[str, 
     sys.stdout.flush()
 
 
-async def load(address: str, pid: int, minutes: float, clients: int, seed: int, backend: str) -> int:
+async def load(
+    address: str, pid: int, minutes: float, clients: int, seed: int, backend: str, client_backend: str
+) -> int:
     tally = Tally()
     started = time.monotonic()
     # Warm-up: a few seconds of light load, then the baseline.
@@ -485,10 +765,22 @@ async def load(address: str, pid: int, minutes: float, clients: int, seed: int, 
           f"{base['blocks']} allocated blocks, {base['memo_entries']} header memo entries", flush=True)
     tally = Tally()
     started = time.monotonic()
+    threads_start = threading.active_count()
+    own_rss_start = rss_kib(os.getpid())
     stop = anyio.Event()
+    stop_threads = threading.Event()
+    threads = [
+        threading.Thread(
+            target=blocking_good_client, args=(address, seed * 1000 + i, stop_threads, tally), daemon=True
+        )
+        for i in range(clients if client_backend == "blocking" else 0)
+    ]
+    for thread in threads:
+        thread.start()
     async with anyio.create_task_group() as tg:
-        for i in range(clients):
-            tg.start_soon(good_client, address, seed * 1000 + i, stop, tally)
+        if not threads:
+            for i in range(clients):
+                tg.start_soon(good_client, address, seed * 1000 + i, stop, tally)
         for i in range(max(1, clients // 2)):
             tg.start_soon(dropper, address, seed * 2000 + i, stop, tally)
         for i in range(2):
@@ -501,6 +793,11 @@ async def load(address: str, pid: int, minutes: float, clients: int, seed: int, 
             if time.monotonic() < deadline - 1:
                 report("running", started, tally, pid, await server_stats(address))
         stop.set()
+        stop_threads.set()
+    for thread in threads:
+        await anyio.to_thread.run_sync(thread.join, 60)
+        if thread.is_alive():
+            tally.bad("a blocking client thread did not finish within 60 s of the stop")
     # Recovery: every connection gone, tasks and memory back.
     settle_started = time.monotonic()
     while True:
@@ -523,6 +820,12 @@ async def load(address: str, pid: int, minutes: float, clients: int, seed: int, 
           f"start {base['tasks']}, end {stats['tasks']}; "
           f"connections left: {stats['connections']} (settled in {time.monotonic() - settle_started:.1f}s); "
           f"notifications handled: {stats['notifications']}")
+    gc.collect()
+    print(f"this process (the clients): RSS {own_rss_start / 1024:.1f} MiB before the load, "
+          f"{rss_kib(os.getpid()) / 1024:.1f} MiB after it")
+    if threads:
+        # The adapter keeps a shared I/O thread and a pool of idle workers (up to max_workers).
+        print(f"client threads: {threads_start} before the load, {threading.active_count()} after it")
     failed = tally.bad_count > 0 or stats["connections"] != 0 or stats["tasks"] != base["tasks"]
     return 1 if failed else 0
 
@@ -535,27 +838,53 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=20, help="well-behaved clients (default 20)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--server-backend", choices=["asyncio", "trio", "blocking"], default="asyncio")
+    parser.add_argument(
+        "--client-backend",
+        choices=["asyncio", "trio", "blocking"],
+        default="asyncio",
+        help="the well-behaved clients' adapter (the other load runs on asyncio, or on trio with trio)",
+    )
+    parser.add_argument("--tls", action="store_true", help="TLS on every connection (a trustme test CA)")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child
+    parser.add_argument("--tls-dir", help=argparse.SUPPRESS)  # the child's certificate
     args = parser.parse_args()
     global BACKEND
     BACKEND = args.server_backend
     if args.serve:
         if BACKEND == "blocking":
-            serve_blocking()
+            serve_blocking(args.tls_dir)
         else:
-            anyio.run(serve_main, BACKEND, backend=BACKEND)
+            anyio.run(serve_main, BACKEND, args.tls_dir, backend=BACKEND)
         return 0
-    child = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "0", "--serve", "--server-backend", args.server_backend],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    with tempfile.TemporaryDirectory() as tls_dir:
+        argv = [sys.executable, os.path.abspath(__file__), "0", "--serve"]
+        argv += ["--server-backend", args.server_backend]
+        if args.tls:
+            import trustme  # (ezipc's test extra)
+
+            global TLS_CLIENT
+            ca = trustme.CA()
+            ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+                os.path.join(tls_dir, "server.pem")
+            )
+            TLS_CLIENT = ssl.create_default_context()
+            ca.configure_trust(TLS_CLIENT)
+            argv += ["--tls-dir", tls_dir]
+        child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        return run_load(child, args)
+
+
+def run_load(child: subprocess.Popen[str], args: argparse.Namespace) -> int:
     try:
         assert child.stdout is not None
         address = child.stdout.readline().strip()
-        print(f"server pid {child.pid} ({args.server_backend}) on {address}; load for {args.minutes} min, "
-              f"{args.clients} clients, seed {args.seed}", flush=True)
-        status = anyio.run(load, address, child.pid, args.minutes, args.clients, args.seed, BACKEND)
+        tls = " (TLS)" if args.tls else ""
+        print(f"server pid {child.pid} ({args.server_backend}) on {address}{tls}; load for {args.minutes} "
+              f"min, {args.clients} clients ({args.client_backend}), seed {args.seed}", flush=True)
+        status = anyio.run(
+            load, address, child.pid, args.minutes, args.clients, args.seed, BACKEND, args.client_backend,
+            backend="trio" if args.client_backend == "trio" else "asyncio",
+        )
     finally:
         child.send_signal(signal.SIGTERM)
         try:
@@ -564,7 +893,7 @@ def main() -> int:
             child.kill()
             code = child.wait()
     print(f"server exited with status {code} after SIGTERM")
-    return status or (code != 0)
+    return int(status or (code != 0))
 
 
 if __name__ == "__main__":
