@@ -397,7 +397,13 @@ class Server(ServerBase[Remote]):
             sniffio.current_async_library_cvar.reset(token)
 
     async def _handle_stream(self, stream: anyio.abc.ByteStream) -> None:
-        await self._handle(StreamWire(stream))
+        try:
+            wire = StreamWire(stream)
+        except Exception:  # (as in _handle)
+            log.exception("a connection could not be served")
+            await anyio.aclose_forcefully(stream)
+            return
+        await self._handle(wire)
 
     async def _handle(self, wire: Wire) -> None:
         where = wire.peer
@@ -410,6 +416,10 @@ class Server(ServerBase[Remote]):
         self._add(remote, where)
         try:
             await remote._run()
+        except Exception:
+            # A connection's task runs in the server's task group: what escapes it would
+            # end serve() and every other connection. Whatever failed, it was this one's.
+            log.exception("the connection with %s failed", where)
         finally:
             self._remove(remote, where, remote._session.close_reason)
 

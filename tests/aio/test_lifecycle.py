@@ -395,3 +395,38 @@ async def test_a_peer_that_closes_its_sending_side_still_gets_its_answers() -> N
         rest = await peer.receive_eof()
     answers = sorted((json.loads(line) for line in rest.splitlines()), key=lambda a: a["id"])
     assert answers == [{"jsonrpc": "2.0", "id": 1, "result": 42}, {"jsonrpc": "2.0", "id": 2, "result": 2}]
+
+
+async def test_a_connection_that_fails_inside_does_not_stop_the_server(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each connection runs in the server's task group; whatever escaped one ended
+    serve() and every other connection (as a TLS peer's early reset once did). Now it is
+    logged and that connection alone ends."""
+    from ezipc_adapters import _async_io
+
+    broken = [False]
+    for wire in (_async_io.StreamWire, _async_io.ProtocolWire):  # (trio's, asyncio's)
+        start = wire.start
+
+        def failing_start(self: Any, remote: Remote, tg: Any, start: Any = start) -> None:
+            if broken[0] and remote.server is not None:
+                broken[0] = False
+                raise RuntimeError("a bug in one connection")
+            start(self, remote, tg)
+
+        monkeypatch.setattr(wire, "start", failing_start)
+    server = Server()
+    server.hook_request("sum", lambda *xs: sum(xs))
+    async with serving(server) as (address,):
+        async with connect(address) as other:  # one that works, before the broken one
+            assert await other.request("sum", [1, 2]) == 3
+            broken[0] = True
+            with anyio.fail_after(5), pytest.raises(ConnectionClosed):
+                async with connect(address) as remote:
+                    await remote.request("sum", [1, 2])
+            assert not broken[0]
+            assert await other.request("sum", [3, 4]) == 7  # still connected
+        async with connect(address) as remote:  # and still serving
+            assert await remote.request("sum", [5, 6]) == 11
+    assert "a bug in one connection" in caplog.text and "failed" in caplog.text
