@@ -140,6 +140,7 @@ class Remote(CallerReads, Runners, RemoteBase):
         self._flush_deadline: float | None = None
         self._ended = False
         self._lost = False  # the connection broke: no flush, no linger
+        self._closed_here = False  # close() was called
         self._done = threading.Event()
         self._finalizers: list[Callable[[], None]] = []  # close(): end a subprocess
         self._on_finish: list[Callable[[], None]] = []  # once the connection has ended
@@ -247,8 +248,10 @@ class Remote(CallerReads, Runners, RemoteBase):
     def close(self, reason: str = "closed locally") -> None:
         """Close now: pending calls fail with ``ConnectionClosed``, answers still being
         computed are dropped, what is queued is written (briefly). Waits (briefly) until
-        the connection has ended, unless called from its I/O thread. (A subprocess is
-        ended then: see ``Client.connect_subprocess``.)"""
+        the connection has ended, unless called from its I/O thread; a client does not
+        wait for the peer to finish what it still runs. (A subprocess is ended then: see
+        ``Client.connect_subprocess``.)"""
+        self._closed_here = True
         self._call(lambda s: s.close(reason, monotonic()))
         if threading.get_ident() != self._loop.ident:
             self._done.wait(_HOOK_TIMEOUT)
@@ -593,6 +596,14 @@ class Remote(CallerReads, Runners, RemoteBase):
             self._loop.watch(self._stream.rfd, read=None, write=None)
             self._loop.watch(self._stream.wfd, read=None, write=None)
         if self._lost or left:  # (what could not be written in time is lost anyway)
+            self._end()
+        elif self._closed_here and self.server is None and isinstance(self._stream, SocketStream):
+            # Our client's close(): its calls have failed, and nothing more of the peer's
+            # is wanted, so it does not wait for the peer's EOF, as the async adapter does
+            # not. (close() took _LINGER, 2 s, whenever the peer still ran a call of ours.)
+            # A child over pipes still gets its time to finish (see connect_subprocess).
+            with self._lock:
+                self._stream.shutdown_write()
             self._end()
         else:
             linger(self._loop, self._stream, _LINGER, self._end, self._lock)

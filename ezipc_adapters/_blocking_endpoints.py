@@ -557,10 +557,18 @@ class Server(ServerBase[Remote]):
         )
         self._add(remote, peer)
 
-        def finished() -> None:
+        def ended() -> None:
             self._remove(remote, peer, remote._session.close_reason)
-            if self._loop is not None:
-                self._loop.call_soon(self._connection_ended)
+            self._connection_ended()
+
+        def finished() -> None:
+            # On the loop, which accepts: a connection made once it has left
+            # ``remotes`` finds its slot of max_connections free.
+            loop = self._loop
+            if loop is not None:
+                loop.call_soon(ended)
+            else:
+                self._remove(remote, peer, remote._session.close_reason)
 
         remote._on_finish.append(finished)
         remote._begin()

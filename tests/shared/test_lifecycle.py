@@ -205,6 +205,25 @@ def test_a_client_closes_an_idle_connection(client_kind: str) -> None:
         wait_for(lambda: peer.closed)
 
 
+def test_a_client_that_closes_with_a_call_still_running_at_the_peer_does_not_wait_for_it(
+    client_kind: str,
+) -> None:
+    """The call fails at once; close() returns at once (the blocking client waited 2 s
+    for the peer's EOF, which a server finishing our call does not send); the peer sees
+    our EOF."""
+    with raw_server() as (address, accept), connecting(client_kind, address) as peer:
+        server = accept()
+        future = peer.submit("wait")
+        server.receive()
+        started = time.monotonic()
+        peer.close()
+        took = time.monotonic() - started
+        with pytest.raises(ConnectionClosed):
+            future.result(0)
+        assert server.receive_eof(timeout=5) == b""
+        assert took < 1.0, f"close() took {took:.2f} s"
+
+
 def _reset(peer: Any) -> None:
     """Close with an RST (SO_LINGER 0), not a FIN: a reset, not a half-close."""
     peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
