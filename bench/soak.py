@@ -5,6 +5,7 @@
     python bench/soak.py 5 --server-backend blocking   # the blocking adapter's Server
     python bench/soak.py 5 --client-backend blocking   # ... and its clients
     python bench/soak.py 3 --tls                       # every connection over TLS
+    python bench/soak.py 3 --server-backend uvloop --codec fast
 
 Not part of the test suite. The server (in a child process: the async adapter on asyncio
 or trio, or the blocking adapter) gets, all at once: well-behaved clients (the async
@@ -79,12 +80,14 @@ class LogCounter(logging.Filter):
         return False
 
 
-def make_server(backend: str, tls_dir: str | None = None) -> Server | blocking.Server:
-    """The soak's server on ``backend`` ("asyncio", "trio" or "blocking"): the same
-    methods on both adapters; ``slow`` and ``hang`` as each adapter lets them be
+def make_server(backend: str, tls_dir: str | None = None, codec: str = "json") -> Server | blocking.Server:
+    """The soak's server on ``backend`` ("asyncio", "uvloop", "trio" or "blocking"): the
+    same methods on both adapters; ``slow`` and ``hang`` as each adapter lets them be
     interrupted (a cancel scope, or the blocking adapter's ``cancelled`` token). With
     ``tls_dir``, TLS with the certificate and key there."""
-    options: dict[str, Any] = dict(max_message_size=MAX_MESSAGE, message_timeout=2.0, shutdown_timeout=1.0)
+    options: dict[str, Any] = dict(
+        max_message_size=MAX_MESSAGE, message_timeout=2.0, shutdown_timeout=1.0, codec=codec
+    )
     if tls_dir is not None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(os.path.join(tls_dir, "server.pem"))
@@ -183,8 +186,8 @@ def busy_handler_threads() -> int:
     return busy
 
 
-async def serve_main(backend: str, tls_dir: str | None) -> None:
-    server = make_server(backend, tls_dir)
+async def serve_main(backend: str, tls_dir: str | None, codec: str) -> None:
+    server = make_server(backend, tls_dir, codec)
     assert isinstance(server, Server)
     async with anyio.create_task_group() as tg:
         (address,) = await tg.start(server.serve, "tcp://127.0.0.1:0")
@@ -195,9 +198,9 @@ async def serve_main(backend: str, tls_dir: str | None) -> None:
                 break
 
 
-def serve_blocking(tls_dir: str | None) -> None:
+def serve_blocking(tls_dir: str | None, codec: str) -> None:
     """The blocking server: ``start`` serves until SIGTERM, then shuts down gracefully."""
-    server = make_server("blocking", tls_dir)
+    server = make_server("blocking", tls_dir, codec)
     server.start("tcp://127.0.0.1:0", ready=lambda addresses: print(addresses[0], flush=True))
 
 
@@ -837,7 +840,10 @@ def main() -> int:
     parser.add_argument("minutes", type=float, help="how long the load runs")
     parser.add_argument("--clients", type=int, default=20, help="well-behaved clients (default 20)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--server-backend", choices=["asyncio", "trio", "blocking"], default="asyncio")
+    parser.add_argument(
+        "--server-backend", choices=["asyncio", "uvloop", "trio", "blocking"], default="asyncio"
+    )
+    parser.add_argument("--codec", default="json", help="the server's codec (json, fast)")
     parser.add_argument(
         "--client-backend",
         choices=["asyncio", "trio", "blocking"],
@@ -852,13 +858,17 @@ def main() -> int:
     BACKEND = args.server_backend
     if args.serve:
         if BACKEND == "blocking":
-            serve_blocking(args.tls_dir)
+            serve_blocking(args.tls_dir, args.codec)
         else:
-            anyio.run(serve_main, BACKEND, args.tls_dir, backend=BACKEND)
+            anyio.run(
+                serve_main, BACKEND, args.tls_dir, args.codec,
+                backend="trio" if BACKEND == "trio" else "asyncio",
+                backend_options={"use_uvloop": True} if BACKEND == "uvloop" else {},
+            )
         return 0
     with tempfile.TemporaryDirectory() as tls_dir:
         argv = [sys.executable, os.path.abspath(__file__), "0", "--serve"]
-        argv += ["--server-backend", args.server_backend]
+        argv += ["--server-backend", args.server_backend, "--codec", args.codec]
         if args.tls:
             import trustme  # (ezipc's test extra)
 
@@ -879,8 +889,9 @@ def run_load(child: subprocess.Popen[str], args: argparse.Namespace) -> int:
         assert child.stdout is not None
         address = child.stdout.readline().strip()
         tls = " (TLS)" if args.tls else ""
-        print(f"server pid {child.pid} ({args.server_backend}) on {address}{tls}; load for {args.minutes} "
-              f"min, {args.clients} clients ({args.client_backend}), seed {args.seed}", flush=True)
+        print(f"server pid {child.pid} ({args.server_backend}, {args.codec}) on {address}{tls}; load "
+              f"for {args.minutes} min, {args.clients} clients ({args.client_backend}), seed {args.seed}",
+              flush=True)
         status = anyio.run(
             load, address, child.pid, args.minutes, args.clients, args.seed, BACKEND, args.client_backend,
             backend="trio" if args.client_backend == "trio" else "asyncio",
