@@ -400,12 +400,15 @@ class Remote(CallerReads, Runners, RemoteBase):
         if self._ended or self._writing:  # (the linger owns the stream now; or a writer does)
             return
         try:
+            if stream.backlog():
+                stream.flush()
             if not stream.backlog():
+                # (Also right after a flush that emptied the backlog: what the session made
+                # meanwhile has no other writer, and no readiness to wait for. Left there,
+                # the last answers to a peer that had been slow to read stayed unsent.)
                 data = session.data_to_send()
                 if data:
                     stream.write(data)
-            else:
-                stream.flush()
         except OSError as exc:
             self._lost = True
             session.close(f"write failed: {exc!r}", monotonic(), abort=True)

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
 from typing import Any
@@ -70,6 +72,31 @@ def test_a_peer_that_pipelines_20000_requests_without_reading_gets_an_answer_for
         assert len(busy) < n  # most were served: the server read on while we did not
         remote = served.one_remote()
         assert served.stats(remote)["requests_refused"] == len(busy)
+
+
+def test_answers_made_while_earlier_ones_wait_for_the_peer_to_read_all_go_out(server_kind: str) -> None:
+    """Answers produced while earlier ones still wait for the peer to read them (in our
+    stream's backlog: the kernel's buffers are full) are written once it reads, though
+    nothing more comes from it. The blocking driver, having written out its backlog, left
+    the answers queued meanwhile in the session: a client that pipelined large answers,
+    then waited, never got the last ones (``bench/soak.py --unix`` found it: a flood of
+    small errors fills a Unix socket's buffers)."""
+    n, blob = 128, "x" * (64 << 10)  # 8 MiB of answers: more than the kernel buffers hold
+    server = new_server(server_kind, write_buffer_size=64 << 20)  # (no pause: only the backlog)
+    server.hook_request("echo", lambda s: s)
+    data = b"".join(json.dumps(message("echo", [blob], id=i)).encode() + b"\n" for i in range(n))
+    with serving(server_kind, server) as served, raw_connect(served.address) as peer:
+        peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        sender = threading.Thread(target=peer.send_raw, args=(data,))  # (it blocks once buffers fill)
+        sender.start()
+        time.sleep(0.5)  # ...and only then does the peer read
+        ids = set()
+        while len(ids) < n:
+            answer = peer.receive(timeout=10)
+            assert answer.get("result") == blob, str(answer)[:200]
+            ids.add(answer["id"])
+        sender.join(10)
+        assert ids == set(range(n))
 
 
 def test_a_handlers_notify_leaves_at_once_while_200_requests_wait(server_kind: str) -> None:
