@@ -5,6 +5,7 @@
     python bench/soak.py 5 --server-backend blocking   # the blocking adapter's Server
     python bench/soak.py 5 --client-backend blocking   # ... and its clients
     python bench/soak.py 3 --tls                       # every connection over TLS
+    python bench/soak.py 3 --unix                      # a Unix socket instead of TCP
     python bench/soak.py 3 --server-backend uvloop --codec fast
 
 Not part of the test suite. The server (in a child process: the async adapter on asyncio
@@ -186,11 +187,11 @@ def busy_handler_threads() -> int:
     return busy
 
 
-async def serve_main(backend: str, tls_dir: str | None, codec: str) -> None:
+async def serve_main(backend: str, tls_dir: str | None, codec: str, listen: str) -> None:
     server = make_server(backend, tls_dir, codec)
     assert isinstance(server, Server)
     async with anyio.create_task_group() as tg:
-        (address,) = await tg.start(server.serve, "tcp://127.0.0.1:0")
+        (address,) = await tg.start(server.serve, listen)
         print(address, flush=True)
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for _ in signals:
@@ -198,10 +199,10 @@ async def serve_main(backend: str, tls_dir: str | None, codec: str) -> None:
                 break
 
 
-def serve_blocking(tls_dir: str | None, codec: str) -> None:
+def serve_blocking(tls_dir: str | None, codec: str, listen: str) -> None:
     """The blocking server: ``start`` serves until SIGTERM, then shuts down gracefully."""
     server = make_server("blocking", tls_dir, codec)
-    server.start("tcp://127.0.0.1:0", ready=lambda addresses: print(addresses[0], flush=True))
+    server.start(listen, ready=lambda addresses: print(addresses[0], flush=True))
 
 
 # ---- the load (this process) ------------------------------------------------------------
@@ -524,17 +525,21 @@ DROP_KINDS = ("before_send", "mid_header", "mid_body", "in_flight", "reset", "af
 TLS_DROP_KINDS = ("mid_handshake", "not_tls")  # with --tls, on a plain TCP connection
 
 
-async def open_raw(host: str, port: int) -> anyio.abc.ByteStream:
-    """A raw connection to the server: TCP, or TLS over it with --tls."""
+async def open_raw(address: str) -> anyio.abc.ByteStream:
+    """A raw connection to the server: TCP (TLS over it with --tls) or a Unix socket."""
+    if address.startswith("unix:"):
+        return await anyio.connect_unix(address.removeprefix("unix:"))
+    host, port = address.removeprefix("tcp://").rsplit(":", 1)
     if TLS_CLIENT is None:
-        return await anyio.connect_tcp(host, port)
-    return await anyio.connect_tcp(host, port, ssl_context=TLS_CLIENT, tls_standard_compatible=False)
+        return await anyio.connect_tcp(host, int(port))
+    return await anyio.connect_tcp(host, int(port), ssl_context=TLS_CLIENT, tls_standard_compatible=False)
 
 
-async def tls_dropper(host: str, port: int, kind: str, rng: random.Random) -> None:
+async def tls_dropper(address: str, kind: str, rng: random.Random) -> None:
     """A TLS server's plain TCP peer: half a handshake then gone, or JSON instead of TLS
     (the server closes it)."""
-    async with await anyio.connect_tcp(host, port) as stream:
+    host, port = address.removeprefix("tcp://").rsplit(":", 1)
+    async with await anyio.connect_tcp(host, int(port)) as stream:
         if kind == "mid_handshake":
             hello = ssl.MemoryBIO()
             tls = ssl.create_default_context().wrap_bio(ssl.MemoryBIO(), hello, server_hostname=host)
@@ -558,20 +563,19 @@ async def tls_dropper(host: str, port: int, kind: str, rng: random.Random) -> No
 async def dropper(address: str, seed: int, stop: anyio.Event, tally: Tally) -> None:
     """Connects and drops at random points; checks nothing but that the server goes on."""
     rng = random.Random(seed)
-    host, port = address.removeprefix("tcp://").rsplit(":", 1)
     ids = itertools.count(1)
     while not stop.is_set():
         kind = rng.choice(DROP_KINDS + (TLS_DROP_KINDS if TLS_CLIENT is not None else ()))
         framing = rng.choice(("ndjson", "content-length"))
         if kind in TLS_DROP_KINDS:
             try:
-                await tls_dropper(host, int(port), kind, rng)
+                await tls_dropper(address, kind, rng)
                 tally.ok(f"dropped: {kind}")
             except (OSError, anyio.BrokenResourceError, TimeoutError) as exc:
                 tally.bad(f"dropper {kind}: {type(exc).__name__}")
             continue
         try:
-            stream = await open_raw(host, int(port))
+            stream = await open_raw(address)
         except OSError as exc:
             tally.bad(f"dropper could not connect: {exc!r}")
             await anyio.sleep(0.1)
@@ -636,12 +640,11 @@ def hostile_inputs(framing: str) -> list[tuple[bytes, list[ErrorCode], bool]]:
 async def hostile(address: str, seed: int, stop: anyio.Event, tally: Tally) -> None:
     """Malformed frames, each on a fresh connection; the error codes are checked."""
     rng = random.Random(seed)
-    host, port = address.removeprefix("tcp://").rsplit(":", 1)
     while not stop.is_set():
         framing = rng.choice(("ndjson", "content-length"))
         data, codes, closes = rng.choice(hostile_inputs(framing))
         try:
-            async with await open_raw(host, int(port)) as stream:
+            async with await open_raw(address) as stream:
                 await stream.send(data)
                 if not closes:
                     await stream.send(_frame(framing, _req("echo", ["probe"], "probe")))
@@ -654,7 +657,7 @@ async def hostile(address: str, seed: int, stop: anyio.Event, tally: Tally) -> N
             else:
                 tally.ok("hostile input answered right" + (" and closed" if closes else ""))
         except (OSError, anyio.BrokenResourceError, TimeoutError) as exc:
-            tally.bad(f"hostile: {type(exc).__name__}")
+            tally.bad(f"hostile: {type(exc).__name__} ({framing}, {len(data)} bytes: {data[:30]!r})")
         await anyio.sleep(rng.uniform(0, 0.05))
 
 
@@ -687,10 +690,9 @@ async def _read_answers(stream: Any, framing: str, until: Any) -> tuple[list[Any
 
 async def slow_sender(address: str, stop: anyio.Event, tally: Tally) -> None:
     """One byte every 100 ms: cut off after the server's message_timeout (2 s)."""
-    host, port = address.removeprefix("tcp://").rsplit(":", 1)
     while not stop.is_set():
         started = time.monotonic()
-        async with await open_raw(host, int(port)) as stream:
+        async with await open_raw(address) as stream:
             try:
                 for byte in itertools.cycle(_req("echo", ["slow"], 1) + b"\n"):
                     await stream.send(bytes([byte]))
@@ -704,10 +706,9 @@ async def slow_sender(address: str, stop: anyio.Event, tally: Tally) -> None:
 
 async def never_reader(address: str, stop: anyio.Event, tally: Tally) -> None:
     """Asks for 100 kB answers for 5 s without reading any, then goes."""
-    host, port = address.removeprefix("tcp://").rsplit(":", 1)
     ids = itertools.count()
     while not stop.is_set():
-        async with await open_raw(host, int(port)) as stream:
+        async with await open_raw(address) as stream:
             with anyio.move_on_after(5):
                 while not stop.is_set():
                     await stream.send(b"".join(_req("blob", [100_000], next(ids)) + b"\n" for _ in range(50)))
@@ -851,35 +852,41 @@ def main() -> int:
         help="the well-behaved clients' adapter (the other load runs on asyncio, or on trio with trio)",
     )
     parser.add_argument("--tls", action="store_true", help="TLS on every connection (a trustme test CA)")
+    parser.add_argument("--unix", action="store_true", help="a Unix socket instead of TCP")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child
     parser.add_argument("--tls-dir", help=argparse.SUPPRESS)  # the child's certificate
+    parser.add_argument("--listen", default="tcp://127.0.0.1:0", help=argparse.SUPPRESS)  # the child's
     args = parser.parse_args()
     global BACKEND
     BACKEND = args.server_backend
     if args.serve:
         if BACKEND == "blocking":
-            serve_blocking(args.tls_dir, args.codec)
+            serve_blocking(args.tls_dir, args.codec, args.listen)
         else:
             anyio.run(
-                serve_main, BACKEND, args.tls_dir, args.codec,
+                serve_main, BACKEND, args.tls_dir, args.codec, args.listen,
                 backend="trio" if BACKEND == "trio" else "asyncio",
                 backend_options={"use_uvloop": True} if BACKEND == "uvloop" else {},
             )
         return 0
-    with tempfile.TemporaryDirectory() as tls_dir:
+    with tempfile.TemporaryDirectory() as scratch:
         argv = [sys.executable, os.path.abspath(__file__), "0", "--serve"]
         argv += ["--server-backend", args.server_backend, "--codec", args.codec]
+        if args.unix:
+            if args.tls:
+                parser.error("--tls is for TCP")
+            argv += ["--listen", f"unix:{os.path.join(scratch, 'soak.sock')}"]
         if args.tls:
             import trustme  # (ezipc's test extra)
 
             global TLS_CLIENT
             ca = trustme.CA()
             ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
-                os.path.join(tls_dir, "server.pem")
+                os.path.join(scratch, "server.pem")
             )
             TLS_CLIENT = ssl.create_default_context()
             ca.configure_trust(TLS_CLIENT)
-            argv += ["--tls-dir", tls_dir]
+            argv += ["--tls-dir", scratch]
         child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         return run_load(child, args)
 
