@@ -402,13 +402,14 @@ class Remote(CallerReads, Runners, RemoteBase):
         try:
             if stream.backlog():
                 stream.flush()
-            if not stream.backlog():
-                # (Also right after a flush that emptied the backlog: what the session made
-                # meanwhile has no other writer, and no readiness to wait for. Left there,
-                # the last answers to a peer that had been slow to read stayed unsent.)
-                data = session.data_to_send()
-                if data:
-                    stream.write(data)
+                if stream.backlog():
+                    return  # (the loop waits for the peer to read: see _wanted_locked)
+            # (Also right after a flush that emptied the backlog: what the session made
+            # meanwhile has no other writer, and no readiness to wait for. Left there, the
+            # last answers to a peer that had been slow to read stayed unsent.)
+            data = session.data_to_send()
+            if data:
+                stream.write(data)
         except OSError as exc:
             self._lost = True
             session.close(f"write failed: {exc!r}", monotonic(), abort=True)
