@@ -478,7 +478,10 @@ class Server(ServerBase[Remote]):
         peer = peer or str(addr)
         refusal = self._refusal(creds, peer, self._connections)
         if addr.kind == "tcp":
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # (macOS: EINVAL once the peer has reset; served, it ends at its first read)
+                pass
         if refusal == b"":
             conn.close()
             return

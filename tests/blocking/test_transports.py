@@ -4,6 +4,7 @@ and mutual TLS (certificates made by trustme), a subprocess over stdio, and IPv6
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import ssl
@@ -320,3 +321,22 @@ def test_ipv6() -> None:
         with connect(address) as remote:
             assert remote.request("where") == remote.local_address
             assert remote.remote_address == address
+
+
+def test_an_accepted_socket_whose_options_cannot_be_set_is_still_served(monkeypatch: pytest.MonkeyPatch) -> None:
+    # macOS answers setsockopt(TCP_NODELAY) with EINVAL once the peer has reset: the
+    # server's accept callback raised, and the connection was neither served nor closed.
+    server = Server()
+    server.hook_request("echo", lambda x: x)
+    with serving(server) as (address,):
+        port = int(address.rsplit(":", 1)[1])
+        setsockopt = socket.socket.setsockopt
+
+        def failing(self: socket.socket, level: int, option: int, *value: Any) -> None:
+            if option == socket.TCP_NODELAY and self.getsockname()[1] == port:  # (the server's side)
+                raise OSError(errno.EINVAL, "Invalid argument")
+            setsockopt(self, level, option, *value)
+
+        monkeypatch.setattr(socket.socket, "setsockopt", failing)
+        with connect(address, timeout=5) as remote:
+            assert remote.request("echo", [1], timeout=5) == 1
