@@ -397,13 +397,7 @@ class Server(ServerBase[Remote]):
             sniffio.current_async_library_cvar.reset(token)
 
     async def _handle_stream(self, stream: anyio.abc.ByteStream) -> None:
-        try:
-            wire = StreamWire(stream)
-        except Exception:  # (as in _handle)
-            log.exception("a connection could not be served")
-            await anyio.aclose_forcefully(stream)
-            return
-        await self._handle(wire)
+        await self._handle(StreamWire(stream))
 
     async def _handle(self, wire: Wire) -> None:
         where = wire.peer
