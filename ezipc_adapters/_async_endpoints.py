@@ -355,8 +355,8 @@ class Server(ServerBase[Remote]):
                         listeners.append(listener)
                         accepting.start_soon(listener.serve, self._handle_stream, connections)
                     sockets.clear()  # (the listeners own them now)
-                    if stdio:
-                        accepting.start_soon(self._serve_stdio)
+                    if stdio:  # a connection like the others: shut down gracefully, not cancelled
+                        connections.start_soon(self._serve_stdio)
                     self._log_listening()
                     task_status.started(list(self.addresses))
                     await self._stop.wait()

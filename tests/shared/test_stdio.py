@@ -99,3 +99,53 @@ def test_start_reports_readiness_and_a_signal_shuts_down_gracefully(server_kind:
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+STDIO_SLOW = """
+import sys
+kind = sys.argv[1]
+if kind == "blocking":
+    from ezipc_adapters.blocking import Server
+elif kind == "trio":
+    from ezipc_adapters.trio import Server
+else:
+    from ezipc_adapters.asyncio import Server
+
+server = Server(shutdown_timeout=5)
+
+@server.method
+async def slow():
+    import anyio
+    print("started", file=sys.stderr, flush=True)
+    await anyio.sleep(0.3)
+    return "finished"
+
+server.start("stdio")
+print("stopped", file=sys.stderr, flush=True)
+"""
+
+
+def test_a_signal_shuts_a_stdio_server_down_gracefully(server_kind: str) -> None:
+    """A server on its stdio shuts down on SIGTERM as one on a socket does: the call in
+    flight finishes and is answered, nothing is logged as failed, and it exits by itself.
+    (The async servers used to cancel the stdio connection outright: the call went
+    unanswered, and its handler was logged as having raised.)"""
+    child = subprocess.Popen([sys.executable, "-c", STDIO_SLOW, server_kind], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert child.stdin is not None and child.stdout is not None and child.stderr is not None
+        child.stdin.write(b'{"jsonrpc": "2.0", "id": 1, "method": "slow"}\n')
+        child.stdin.flush()
+        while (line := child.stderr.readline()) != b"started\n":  # (after start()'s own lines)
+            assert line, "the child ended"
+        child.send_signal(signal.SIGTERM)
+        assert child.stdout.readline() == b'{"jsonrpc":"2.0","id":1,"result":"finished"}\n'
+        assert child.stdout.read() == b""  # EOF: it closed its side
+        assert child.wait(10) == 0
+        log = child.stderr.read().decode()
+        assert log.splitlines()[-1:] == ["stopped"]
+        assert "raised" not in log and "Traceback" not in log
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
