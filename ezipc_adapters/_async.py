@@ -26,6 +26,7 @@ from ezipc_proto import (
     Connected,
     Interrupt,
     Job,
+    JobState,
     RemoteError,
     RequestCancelled,
     Settle,
@@ -434,7 +435,12 @@ class Remote(RemoteBase):
                     reported = True
                     session.answer(job, result, self._loop_time())
         finally:
-            if not reported:  # interrupted: the session drops what it is told
+            if not reported:
+                # Interrupted by the session, which drops what it is told; or cancelled
+                # from outside with the whole connection (serve() or a connect block
+                # cancelled): the connection is over then, and the handler did not fail.
+                if job.state is not JobState.INTERRUPTED:
+                    session.close("cancelled", self._loop_time())
                 session.fail(job, RequestCancelled("interrupted"), self._loop_time())
             self._kick()
 

@@ -430,3 +430,67 @@ async def test_a_connection_that_fails_inside_does_not_stop_the_server(
         async with connect(address) as remote:  # and still serving
             assert await remote.request("sum", [5, 6]) == 11
     assert "a bug in one connection" in caplog.text and "failed" in caplog.text
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+async def test_a_connection_cancelled_from_outside_logs_no_handler_as_failed(
+    side: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``serve()`` or a ``connect`` block cancelled from outside (abruptly) while one of
+    its handlers runs: the handler is interrupted with its connection, and the other side
+    gets ``ConnectionClosed``. Nothing says the handler raised: it was logged as failing
+    with ``RequestCancelled: interrupted``, traceback and all."""
+    started = anyio.Event()
+
+    async def slow() -> None:
+        started.set()
+        await anyio.sleep(10)
+
+    server = Server()
+    client = Client()
+    if side == "server":
+        server.hook_request("slow", slow)
+    else:
+        client.hook_request("slow", slow)
+
+        @server.hook_request("ask")
+        async def ask(remote: Remote) -> Any:
+            return await remote.request("slow")
+
+    scope = anyio.CancelScope()  # what is cancelled from outside
+    async with anyio.create_task_group() as tg:
+        if side == "server":
+
+            async def run_server(*, task_status: Any) -> None:
+                with scope:
+                    await server.serve("tcp://127.0.0.1:0", task_status=task_status)
+
+            (address,) = await tg.start(run_server)
+            async with connect(address) as remote:
+                outcome: list[Any] = []
+
+                async def call() -> None:
+                    try:
+                        await remote.request("slow")
+                    except ConnectionClosed as exc:
+                        outcome.append(exc)
+
+                async with anyio.create_task_group() as calls:
+                    calls.start_soon(call)
+                    with anyio.fail_after(5):
+                        await started.wait()
+                    scope.cancel()
+                assert [type(exc) for exc in outcome] == [ConnectionClosed]
+        else:
+            async with serving(server) as (address,):
+                async def run_client() -> None:
+                    with scope:
+                        async with client.connect(address) as remote:
+                            await remote.request("ask")
+
+                with anyio.fail_after(5):
+                    tg.start_soon(run_client)
+                    await started.wait()
+                    scope.cancel()
+    # (the server's "ask" may fail with the ConnectionClosed its call got: that is its own)
+    assert "'slow' raised" not in caplog.text and "RequestCancelled" not in caplog.text, caplog.text
