@@ -142,7 +142,8 @@ class Remote(CallerReads, Runners, RemoteBase):
         self._lost = False  # the connection broke: no flush, no linger
         self._closed_here = False  # close() was called
         self._done = threading.Event()
-        self._finalizers: list[Callable[[], None]] = []  # close(): end a subprocess
+        self._finalizers: list[Callable[[float], None]] = []  # close(at): end a subprocess
+        self._linger = _LINGER  # (a subprocess's: its terminate_timeout)
         self._on_finish: list[Callable[[], None]] = []  # once the connection has ended
 
     def __enter__(self) -> Remote:
@@ -252,12 +253,13 @@ class Remote(CallerReads, Runners, RemoteBase):
         wait for the peer to finish what it still runs. (A subprocess is ended then: see
         ``Client.connect_subprocess``.)"""
         self._closed_here = True
-        self._call(lambda s: s.close(reason, monotonic()))
+        at = monotonic()
+        self._call(lambda s: s.close(reason, at))
         if threading.get_ident() != self._loop.ident:
             self._done.wait(_HOOK_TIMEOUT)
         finalizers, self._finalizers = self._finalizers, []
         for finalizer in finalizers:
-            finalizer()
+            finalizer(at)
 
     def wait_closed(self, timeout: float | None = None) -> bool:
         """Block until the connection has ended (True), or ``timeout`` seconds (False)."""
@@ -610,7 +612,7 @@ class Remote(CallerReads, Runners, RemoteBase):
                 self._stream.shutdown_write()
             self._end()
         else:
-            linger(self._loop, self._stream, _LINGER, self._end, self._lock)
+            linger(self._loop, self._stream, self._linger, self._end, self._lock)
 
     def _end(self) -> None:
         try:

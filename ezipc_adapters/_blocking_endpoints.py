@@ -192,7 +192,10 @@ class Client(Hooks):
         )
         remote = self._attach(stream, opts, "stdio", f"subprocess:{process.pid}")
         remote.data["process"] = process
-        remote._finalizers.append(lambda: _end_process(process, terminate_timeout))
+        # Closing: its stdout ends when it exits, so the wait for that (the linger) is the
+        # wait for it to exit; terminate_timeout in all, from close(), as the async client.
+        remote._linger = terminate_timeout
+        remote._finalizers.append(lambda at: _end_process(process, terminate_timeout, at))
         return remote
 
     def _authenticated(self, remote: Remote, opts: Options, timeout: float | None) -> Remote:
@@ -235,10 +238,11 @@ class Client(Hooks):
         return remote
 
 
-def _end_process(process: subprocess.Popen[bytes], timeout: float) -> None:
-    """Wait ``timeout`` seconds for ``process`` to exit, then terminate, then kill it."""
+def _end_process(process: subprocess.Popen[bytes], timeout: float, since: float) -> None:
+    """Wait until ``timeout`` seconds after ``since`` (its stdin was closed then) for
+    ``process`` to exit, then terminate it, wait ``timeout`` more, then kill it."""
     try:
-        process.wait(timeout)
+        process.wait(max(0.0, since + timeout - monotonic()))
         return
     except subprocess.TimeoutExpired:
         process.terminate()

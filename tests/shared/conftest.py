@@ -300,17 +300,19 @@ def connecting(kind: str, address: str, *, setup: Callable[[Any], Any] | None = 
 
 @contextmanager
 def connecting_subprocess(kind: str, argv: list[str], *, setup: Callable[[Any], Any] | None = None,
-                          framing: str = "ndjson", **options: Any) -> Iterator[Peer]:
+                          framing: str = "ndjson", terminate_timeout: float = 2.0,
+                          **options: Any) -> Iterator[Peer]:
     """Start ``argv`` and talk to it over its stdin/stdout with a client of ``kind``."""
     client = new_client(kind, framing, **options)
     if setup is not None:
         setup(client)
+    spawn = {"stderr": subprocess.DEVNULL, "terminate_timeout": terminate_timeout}
     if kind == "blocking":
-        with client.connect_subprocess(argv, stderr=subprocess.DEVNULL) as remote:
+        with client.connect_subprocess(argv, **spawn) as remote:
             yield Peer(kind, remote)
         return
     with start_blocking_portal(kind) as portal, \
-            portal.wrap_async_context_manager(client.connect_subprocess(argv, stderr=subprocess.DEVNULL)) as remote:
+            portal.wrap_async_context_manager(client.connect_subprocess(argv, **spawn)) as remote:
         yield Peer(kind, remote, portal)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -149,3 +151,34 @@ def test_a_signal_shuts_a_stdio_server_down_gracefully(server_kind: str) -> None
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+STUBBORN = """
+import signal, sys, time
+if "--ignore-term" in sys.argv:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+sys.stdout.write('{"jsonrpc": "2.0", "method": "ready"}\\n')
+sys.stdout.flush()
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("ignore_term", [False, True], ids=["terminated", "killed"])
+def test_closing_gives_a_child_terminate_timeout_to_exit_then_ends_it(client_kind: str, ignore_term: bool) -> None:
+    """``connect_subprocess``'s close: stdin closed, ``terminate_timeout`` for the child to
+    exit, then SIGTERM, as long again, then SIGKILL. (The blocking client waited 2 s more
+    first, for the child's stdout to end, whatever ``terminate_timeout`` said.)"""
+    ready = threading.Event()
+
+    def hooks(client: Any) -> None:
+        client.hook_notif("ready", ready.set)
+
+    argv = [sys.executable, "-c", STUBBORN, *(["--ignore-term"] if ignore_term else [])]
+    with connecting_subprocess(client_kind, argv, setup=hooks, terminate_timeout=0.4) as peer:
+        process = peer.run(lambda: peer.remote.data["process"])
+        assert ready.wait(10)  # its signal handling is set up
+        start = time.monotonic()
+    elapsed = time.monotonic() - start
+    assert process.returncode == (-signal.SIGKILL if ignore_term else -signal.SIGTERM)
+    steps = 2 if ignore_term else 1  # wait after EOF, (wait after SIGTERM,) then it ends
+    assert steps * 0.4 * 0.9 <= elapsed < steps * 0.4 + 1.0
