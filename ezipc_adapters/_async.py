@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Coroutine, Generator, Iterable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -44,6 +45,8 @@ __all__ = ["Call", "Sent", "BatchCall", "Remote"]
 
 T = TypeVar("T")
 _HOOK_TIMEOUT = 10.0  # how long disconnect hooks may take once the connection has ended
+# The peer's request whose handler runs in this task (see Session.request's ``job``).
+_handling: ContextVar[Job | None] = ContextVar("ezipc_handling", default=None)
 
 
 # ---- what request, notify and batch return ---------------------------------------------
@@ -264,10 +267,14 @@ class Remote(RemoteBase):
         ``ConnectionClosed`` or ``LimitExceeded`` (nothing sent)."""
         call = Call(self, method, callback)
         session = self._session
-        call.id = session.request(method, params, now=self._loop_time(), timeout=timeout, waiter=call)
-        # (a request makes no event to act on: the wire takes it, the timer may be nearer)
+        job = _handling.get()  # (a handler's call: see Session.request)
+        call.id = session.request(
+            method, params, now=self._loop_time(), timeout=timeout, waiter=call, job=job
+        )
+        # (a request makes no event to act on, but for a handler's, which may let the
+        # peer's next requests start: the wire takes it, the timer may be nearer)
         self._wire.output_ready()
-        if timeout is not None or session.request_timeout is not None:
+        if timeout is not None or session.request_timeout is not None or job is not None:
             self._kick()
         return call
 
@@ -297,6 +304,7 @@ class Remote(RemoteBase):
             list(notify),
             now=self._loop_time(),
             timeout=timeout,
+            job=_handling.get(),
         )
         for call, id in zip(calls, ids, strict=True):
             call.id = id
@@ -424,6 +432,7 @@ class Remote(RemoteBase):
                     # first step (the timer task hands them over after this task yields).
                     session.started(job, self._loop_time())
                     self._timer_wanted.set()
+                _handling.set(job)  # (this task's: its calls to the peer are made for it)
                 try:
                     if awaitable is None:
                         awaitable = call_handler(handler, job.params, self, token)

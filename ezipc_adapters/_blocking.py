@@ -170,7 +170,12 @@ class Remote(CallerReads, Runners, RemoteBase):
                 "use submit(), or call from another thread"
             )
         waiter = Waiter()
-        id = self._call(lambda s: s.request(method, params, now=monotonic(), timeout=timeout, waiter=waiter))
+        job = getattr(_local, "job", None)  # (a handler's call: see Session.request)
+        id = self._call(
+            lambda s: s.request(method, params, now=monotonic(), timeout=timeout, waiter=waiter, job=job)
+        )
+        if job is not None:
+            self._calls_peer(True)
         try:
             if self._caller_may_read:
                 self._read_for(waiter)
@@ -178,6 +183,9 @@ class Remote(CallerReads, Runners, RemoteBase):
         except BaseException:
             self._cancel(id)
             raise
+        finally:
+            if job is not None:
+                self._calls_peer(False)
         if waiter.error is not None:
             raise waiter.error
         return waiter.result
@@ -198,8 +206,9 @@ class Remote(CallerReads, Runners, RemoteBase):
         thread that completes the future (often the I/O thread): keep them short and
         never wait in them."""
         future = CallFuture(self, callback)
+        job = getattr(_local, "job", None)
         future._id = self._call(
-            lambda s: s.request(method, params, now=monotonic(), timeout=timeout, waiter=future)
+            lambda s: s.request(method, params, now=monotonic(), timeout=timeout, waiter=future, job=job)
         )
         if self._caller_may_read and callback is None and not self._aside:
             # Its result() will likely read the answer: the loop stands aside until then
@@ -231,8 +240,11 @@ class Remote(CallerReads, Runners, RemoteBase):
         ``ConnectionClosed`` and ``LimitExceeded`` raise as for ``request``."""
         calls = [(method, params, Waiter()) for method, params in requests]
         notes = list(notify)
-        ids = self._call(lambda s: s.batch(calls, notes, now=monotonic(), timeout=timeout))
+        job = getattr(_local, "job", None)
+        ids = self._call(lambda s: s.batch(calls, notes, now=monotonic(), timeout=timeout, job=job))
         results: list[Any] = []
+        if job is not None:
+            self._calls_peer(True)
         try:
             for _, _, waiter in calls:
                 acquire(waiter.lock)
@@ -244,7 +256,21 @@ class Remote(CallerReads, Runners, RemoteBase):
             for id in ids:
                 self._cancel(id)
             raise
+        finally:
+            if job is not None:
+                self._calls_peer(False)
         return results
+
+    def _as_caller(self, wait: Callable[[], Any]) -> Any:
+        """``wait()``: a wait for an answer from the peer, counted as such when a handler
+        waits (see ``_blocking_runners``)."""
+        if getattr(_local, "job", None) is None:
+            return wait()
+        self._calls_peer(True)
+        try:
+            return wait()
+        finally:
+            self._calls_peer(False)
 
     def close(self, reason: str = "closed locally") -> None:
         """Close now: pending calls fail with ``ConnectionClosed``, answers still being
@@ -443,6 +469,13 @@ class Remote(CallerReads, Runners, RemoteBase):
             self._closing = True
             self._in_loop(self._finish_writing)
 
+    def _start_thread(self, fn: Callable[[], Any]) -> None:
+        def run() -> None:
+            _local.ours = True
+            fn()
+
+        threading.Thread(target=run, name="ezipc-runner", daemon=True).start()
+
     def _submit(self, fn: Callable[..., Any], *args: Any) -> None:
         try:
             self._pool.submit(fn, *args)
@@ -474,16 +507,19 @@ class Remote(CallerReads, Runners, RemoteBase):
             # driver, where they start at its first step). A plain function must have
             # finished first (an LSP didChange is applied before the completion after it).
             self._call(lambda s: s.started(job, monotonic()))
+        outer, _local.job = getattr(_local, "job", None), job  # (for its calls to the peer)
         try:
             result = call_handler(handler, job.params, self, token)
             if handler.is_async or (type(result) not in PLAIN_RESULTS and inspect.isawaitable(result)):
                 result = _run_awaitable(result)
         except BaseException as exc:  # SystemExit, KeyboardInterrupt too: answered, then raised
+            _local.job = outer
             failure = exc
             self._report(lambda s: s.fail(job, failure, monotonic()))
             if not isinstance(exc, Exception):
                 raise
         else:
+            _local.job = outer
             self._report(lambda s: s.answer(job, result, monotonic()))
 
     def _connect_hooks(self) -> None:

@@ -143,13 +143,18 @@ class CallFuture(Future[Any]):
             if self._remote._aside:
                 self._remote._collected()
             return self._result
+        get = super().result
+        return self._remote._as_caller(lambda: self._result_of(get, timeout))
+
+    def _result_of(self, get: Callable[[float | None], Any], timeout: float | None) -> Any:
         timeout = self._read(timeout)
         if self._state == FINISHED and self._exception is None:
             return self._result  # (it read its answer itself: as above, a dozen calls less)
-        return self._wait(super().result, timeout)
+        return self._wait(get, timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        return self._wait(super().exception, self._read(timeout))  # type: ignore[no-any-return]
+        get = super().exception
+        return self._remote._as_caller(lambda: self._wait(get, self._read(timeout)))  # type: ignore[no-any-return]
 
     def _wait(self, get: Callable[[float | None], Any], timeout: float | None) -> Any:
         """``get(timeout)`` (the base class's ``result`` or ``exception``); on the main

@@ -8,6 +8,13 @@ more joins when a job has waited RUNNER_GRACE with every runner inside a handler
 may block, or wait for its peer). 64 pipelined calls, blocking client and server,
 interleaved runs: 19-21k -> 34k calls/s; the server's threads 34 -> 4, its peak RSS
 24.2 -> 18.7 MiB. Eight threads calling 1 ms handlers still run 4.4x one thread's rate.
+
+A handler that waits for an answer from its peer holds its pool thread, and the answer
+may need the peer's next request to run here (a call back: A's handler calls B, whose
+handler calls A). With every pool thread held so, that request would wait for a thread
+for good. So while this connection's handlers wait for the peer and its jobs wait for
+a thread the pool cannot give (its queue is not empty), one more runner joins on a
+thread of its own, outside the pool: at most one per handler so waiting.
 """
 
 from __future__ import annotations
@@ -53,12 +60,18 @@ class Runners:
     def _io_over(self) -> bool:
         raise NotImplementedError
 
+    def _start_thread(self, fn: Any) -> None:
+        raise NotImplementedError
+
     def _init_runners(self) -> None:
         self._jobs: deque[tuple[Item, float]] = deque()  # waiting, with when they came
         self._jobs_lock = threading.Lock()
         self._runners = 0  # started (in the pool, or running)
         self._free = 0  # of those, the ones not inside a handler
         self._check_due = False  # a check is set (see _check_runners)
+        self._unstarted = 0  # of the runners, those still in the pool's queue
+        self._calling = 0  # handlers of this connection waiting for an answer from the peer
+        self._overflow = 0  # runners on threads of their own (see the module's docstring)
         # (ThreadPoolExecutor's queue of tasks not yet taken: work for other threads waits
         # there, so a runner with no job goes back; a pool without it: no reading)
         self._pool_queue: Any = getattr(self._pool, "_work_queue", None)
@@ -72,7 +85,7 @@ class Runners:
             self._jobs.append((item, now))
             start = self._runners == 0
             if start:
-                self._runners = self._free = 1
+                self._runners = self._free = self._unstarted = 1
             check = not self._check_due
             self._check_due = True
         if start:
@@ -88,15 +101,46 @@ class Runners:
             self._check_due = bool(self._jobs) and not self._ended  # (ended: runners drain)
             if not self._check_due:
                 return
-            stuck = not self._free and self._jobs[0][1] <= now - RUNNER_GRACE
+            waited = self._jobs[0][1] <= now - RUNNER_GRACE
+            stuck = not self._free and waited
             if stuck:
                 self._runners += 1
                 self._free += 1
+                self._unstarted += 1
+            # Every free runner still waits for a pool thread, while handlers of ours
+            # hold theirs waiting for the peer: the pool may never give one.
+            overflow = (
+                not stuck
+                and waited
+                and self._free == self._unstarted
+                and self._calling > self._overflow
+                and self._pool_queue is not None
+                and self._pool_queue.qsize() > 0
+            )
+            if overflow:
+                self._runners += 1
+                self._free += 1
+                self._overflow += 1
         if stuck:
             self._submit(self._run_jobs)
+        if overflow:
+            self._start_thread(self._run_overflow)
         self._loop.call_at(now + RUNNER_GRACE, self._check_runners)
 
-    def _run_jobs(self) -> None:
+    def _run_overflow(self) -> None:
+        """A runner on a thread of its own (see the module's docstring)."""
+        try:
+            self._run_jobs(pooled=False)
+        finally:
+            with self._jobs_lock:
+                self._overflow -= 1
+
+    def _calls_peer(self, waiting: bool) -> None:
+        """A handler of this connection begins (or ends) waiting for the peer's answer."""
+        with self._jobs_lock:
+            self._calling += 1 if waiting else -1
+
+    def _run_jobs(self, pooled: bool = True) -> None:
         """A runner (in the pool): run this connection's jobs in order while there are
         any. With none, if the pool has nothing waiting and nobody reads the
         connection, read it for the next request (for WORKER_GRACE at most) and run
@@ -106,6 +150,9 @@ class Runners:
         lock = self._jobs_lock
         read_in_vain = False
         busy = False  # in a job: not counted free (counted again at the next turn of the lock)
+        if pooled:
+            with lock:
+                self._unstarted -= 1
         try:
             while True:
                 with lock:
@@ -142,6 +189,7 @@ class Runners:
                 if orphaned:
                     self._runners += 1
                     self._free += 1
+                    self._unstarted += 1
             if orphaned:
                 self._submit(self._run_jobs)
             raise

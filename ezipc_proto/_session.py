@@ -197,10 +197,11 @@ class Job:
     ``method``, ``params``; ``id`` (a request's; ``None`` for a notification, and for a
     request whose id is null: ``notification`` tells them apart). ``state`` is the
     session's. ``context`` is the driver's own slot (its cancel scope, its cancellation
-    token...): the session never reads it.
+    token...): the session never reads it. ``waiting``: calls of ours to the peer, made
+    for this job (``request(..., job=)``), still awaiting their answers.
     """
 
-    __slots__ = ("method", "params", "id", "notification", "state", "context")
+    __slots__ = ("method", "params", "id", "notification", "state", "context", "waiting")
 
     def __init__(self, method: str, params: Params, id: Id, notification: bool) -> None:
         self.method = method
@@ -209,6 +210,7 @@ class Job:
         self.notification = notification
         self.state = JobState.QUEUED
         self.context: Any = None
+        self.waiting = 0
 
     def __repr__(self) -> str:
         what = "notification" if self.notification else f"request id={self.id!r}"
@@ -284,11 +286,12 @@ class Stats:
 class _Call:
     """One of our requests awaiting its answer."""
 
-    __slots__ = ("method", "waiter")
+    __slots__ = ("method", "waiter", "job")
 
     def __init__(self, method: str, waiter: Any) -> None:
         self.method = method
         self.waiter = waiter
+        self.job: Job | None = None  # the peer's request it was made for (see _lend)
 
 
 def _as_params(params: Any) -> Params:
@@ -309,7 +312,8 @@ class Session:
     """One peer's connection: a :class:`Connection` plus the policy of a live one.
 
     ``framing``, ``max_message_size``, ``max_batch_size``, ``codec``, ``cancellation``:
-    as for :class:`Connection`. ``max_concurrency``: request handlers running at once;
+    as for :class:`Connection`. ``max_concurrency``: request handlers running at once,
+    not counting those waiting for an answer from this peer (see ``request``'s ``job``);
     ``max_queued``: requests and notifications waiting to start (one more request is
     answered ``SERVER_BUSY``, one more notification is dropped); ``max_pending``: our
     requests awaiting answers (one more raises ``LimitExceeded``);
@@ -388,6 +392,7 @@ class Session:
         self._owed: dict[Id, Job] = {}
         self._line: deque[Job] = deque()  # received, not started, in arrival order
         self._active: dict[Job, None] = {}  # request jobs handed to the driver, not ended
+        self._lent = 0  # of those, the ones waiting for the peer (job.waiting): no slot held
         self._notice: Job | None = None  # the notification job handed over, not ended
         self._started = False  # the connect hooks have run: work may start
         # Timers (None: not set).
@@ -584,6 +589,8 @@ class Session:
                 stats.messages_in += 1
                 call = self._calls.pop(ev.id, None)  # type: ignore[union-attr]
                 if call is not None:
+                    if call.job is not None:
+                        self._unlend(call)
                     return Settle(ev.id, call.waiter, ev.result, None)  # type: ignore[union-attr]
                 self._late += 1  # given up on while the rest of its batch was read
                 continue
@@ -665,6 +672,8 @@ class Session:
                 self._write(data)
             job.state = JobState.DONE
             del self._active[job]
+            if job.waiting:
+                self._unlend_all(job)
             if self._line:
                 self._pump()
             return
@@ -715,8 +724,38 @@ class Session:
         if job.notification:
             if self._notice is job:
                 self._notice = None
-        else:
-            self._active.pop(job, None)
+        elif job in self._active:
+            del self._active[job]
+            if job.waiting:
+                self._unlend_all(job)
+
+    def _lend(self, job: Job, call: _Call) -> None:
+        """``call`` is made for ``job``: while it awaits its answer, ``job`` holds no
+        slot, so that the peer's next requests may start. They may be calls back, needed
+        for that answer (A's handler calls B, whose handler calls A...): with every slot
+        held by a handler waiting for the peer, they would wait in the queue for good.
+        What runs is still bounded: by ``max_concurrency`` plus ``max_pending``."""
+        if job not in self._active:
+            return  # (not one of this session's running requests: a notification, or done)
+        call.job = job
+        job.waiting += 1
+        if job.waiting == 1:
+            self._lent += 1
+            if self._line:
+                self._pump()
+
+    def _unlend(self, call: _Call) -> None:
+        """``call`` has ended: its job holds a slot again once none of its calls waits."""
+        job = call.job
+        if job is not None and job.waiting:
+            job.waiting -= 1
+            if not job.waiting:
+                self._lent -= 1
+
+    def _unlend_all(self, job: Job) -> None:
+        """``job`` has ended with calls of its in flight: they no longer count."""
+        job.waiting = 0
+        self._lent -= 1
 
     def _error_answer(self, job: Job, exc: BaseException) -> Error:
         if isinstance(exc, RemoteError):
@@ -728,12 +767,24 @@ class Session:
     # ---- our calls --------------------------------------------------------------------
 
     def request(
-        self, method: str, params: Any = None, *, now: float, timeout: float | None = None, waiter: Any = None
+        self,
+        method: str,
+        params: Any = None,
+        *,
+        now: float,
+        timeout: float | None = None,
+        waiter: Any = None,
+        job: Job | None = None,
     ) -> Id:
         """Send a request; returns its id. It ends with a :class:`Settle` carrying
         ``waiter``. Raises ``ConnectionClosed`` (the peer can no longer answer),
         ``LimitExceeded`` (``max_pending``, or over ``max_message_size``; nothing sent)
-        or ``LocalProtocolError`` (not a valid request)."""
+        or ``LocalProtocolError`` (not a valid request).
+
+        ``job``: the peer's request whose handler makes this call, if any. Until the
+        answer comes, that handler does not count against ``max_concurrency``, so the
+        peer's calls back (needed for the answer, at any depth) can start: ``next_event``
+        may then have a :class:`Job` for the driver."""
         self._now = self._last_activity = now
         if self.phase is not Phase.OPEN or self._peer_eof or len(self._calls) >= self.max_pending:
             self._can_call(1)  # (raises, or allows a request while authenticating or draining)
@@ -747,6 +798,8 @@ class Session:
         if timeout is not None or self.request_timeout is not None:
             self._add_deadline(id, call, timeout, now)
         self._write(data)
+        if job is not None:
+            self._lend(job, call)
         return id
 
     def batch(
@@ -756,9 +809,11 @@ class Session:
         *,
         now: float,
         timeout: float | None = None,
+        job: Job | None = None,
     ) -> list[Id]:
         """Send ``requests`` (``(method, params, waiter)``) and ``notifications``
-        (``(method, params)``) as one batch; returns the requests' ids, in order."""
+        (``(method, params)``) as one batch; returns the requests' ids, in order.
+        ``job``: as for :meth:`request`."""
         self._now = now
         requests = list(requests)
         self._can_call(len(requests))
@@ -774,6 +829,9 @@ class Session:
         for id, call in calls:
             self._add_call(id, call, timeout, now)
         self._write(data)
+        if job is not None:
+            for _, call in calls:
+                self._lend(job, call)
         return [id for id, _ in calls]
 
     def notify(self, method: str, params: Any = None, *, now: float) -> None:
@@ -831,6 +889,7 @@ class Session:
 
     def _abandon(self, id: Id, error: BaseException) -> None:
         call = self._calls.pop(id)
+        self._unlend(call)
         if self.phase is not Phase.CLOSED:
             self._write(self._conn.send(Cancel(id)))
         self._events.append(Settle(id, call.waiter, None, error))
@@ -895,6 +954,7 @@ class Session:
             events.clear()
             events.extend(kept)
         for id, call in calls:  # a fresh exception each: a shared one would grow its traceback
+            self._unlend(call)
             events.append(Settle(id, call.waiter, None, ConnectionClosed(f"{self.name}: {reason}")))
         running = list(self._active)
         if self._notice is not None:
@@ -929,6 +989,7 @@ class Session:
         # Nobody will answer our calls now; what the peer asked for still gets answers.
         for id, call in list(self._calls.items()):
             del self._calls[id]
+            self._unlend(call)
             error = ConnectionClosed(f"{self.name}: closed by the peer")
             self._events.append(Settle(id, call.waiter, None, error))
         if self._drain_deadline is None:
@@ -984,7 +1045,7 @@ class Session:
         if (
             self._started
             and not self._line
-            and len(self._active) < self.max_concurrency
+            and len(self._active) - self._lent < self.max_concurrency
             and (self._notice is None or self._notice.state is JobState.STARTED)
         ):
             job.state = JobState.RUNNING
@@ -1050,6 +1111,7 @@ class Session:
     def _on_error(self, ev: Error) -> None:
         call = self._calls.pop(ev.id, None)
         if call is not None:
+            self._unlend(call)
             self._events.append(Settle(ev.id, call.waiter, None, RemoteError(ev.code, ev.message, ev.data)))
             return
         if ev.id is not None:  # given up on while the rest of its batch was read
@@ -1067,6 +1129,7 @@ class Session:
         log.warning("%s sent an invalid message: %s", self.name, ev.error.message)
         self._write(ev.reply)
         if call is not None:
+            self._unlend(call)
             error = InvalidResponse(ErrorCode.INVALID_REQUEST, f"{ev.error.message} (to {call.method!r})")
             self._events.append(Settle(ev.error.id, call.waiter, None, error))
 
@@ -1106,7 +1169,7 @@ class Session:
                     return
                 self._notice = job
             else:
-                if len(active) >= self.max_concurrency:
+                if len(active) - self._lent >= self.max_concurrency:
                     return
                 if self._notice is not None and self._notice.state is not JobState.STARTED:
                     return

@@ -466,6 +466,76 @@ def test_request_arriving_later_starts_at_once_when_a_slot_is_free() -> None:
     assert take(s) == []
 
 
+def test_a_handler_waiting_for_the_peer_lends_its_slot_to_the_peers_next_requests() -> None:
+    """A calls back, needed for the answer A's handler waits for, must not wait behind
+    that handler's slot (docs/limits.md, flow control rule 1)."""
+    s = session(max_concurrency=1)
+    feed(s, req("outer", 1), req("other", 2), req("back", 3))
+    outer = job(s)
+    assert take(s) == []  # one slot, held
+    mine = s.request("ask", now=0, waiter="w", job=outer)  # outer's handler calls the peer
+    other = job(s)  # its slot is lent: the next in line starts
+    assert other.id == 2 and s.stats.handlers_running == 2
+    assert take(s) == []  # one slot's worth runs: outer waits, other runs
+    s.request("ask", now=0, waiter="w2", job=outer)  # a second call lends nothing more
+    assert take(s) == []
+    s.answer(other, None, 0)
+    back = job(s)
+    assert back.id == 3
+    feed(s, ok(mine, 1))
+    (settle,) = take(s)
+    assert settle.waiter == "w"
+    assert outer.waiting == 1  # still waiting for its second call: the slot stays lent
+    s.answer(back, None, 0)
+    s.answer(outer, None, 0)  # it ended with a call in flight: that call no longer counts
+    assert s.stats.handlers_running == 0
+    feed(s, req("r", 4), req("r", 5))
+    assert [j.id for j in take(s)] == [4]  # one slot again
+    feed(s, ok(mine + 1, 2))
+    assert [type(ev) for ev in take(s)] == [Settle]
+    assert [j.id for j in take(s)] == []
+
+
+@pytest.mark.parametrize("end", ["error", "timeout", "cancel", "eof"])
+def test_a_lent_slot_comes_back_however_the_call_ends(end: str) -> None:
+    s = session(max_concurrency=1)
+    feed(s, req("outer", 1), req("r", 2))
+    outer = job(s)
+    id = s.request("ask", now=0, waiter="w", job=outer, timeout=5)
+    r2 = job(s)
+    if end == "error":
+        feed(s, err(id, -1, "no"))
+    elif end == "timeout":
+        s.handle_timer(5)
+    elif end == "cancel":
+        s.cancel(id, 0)
+    else:
+        s.receive_data(b"", 0)
+    assert [type(ev) for ev in take(s)] == [Settle]
+    assert outer.waiting == 0
+    if end != "eof":
+        s.answer(r2, None, 0)
+        feed(s, req("r", 3))
+        assert take(s) == []  # outer holds the one slot again
+        s.answer(outer, None, 0)
+        assert [j.id for j in take(s)] == [3]
+
+
+def test_only_a_running_request_of_this_session_lends_its_slot() -> None:
+    s = session(max_concurrency=1)
+    other = session(max_concurrency=1)
+    feed(other, req("elsewhere", 1))
+    foreign = job(other)
+    feed(s, note("n"), req("r", 1), req("r", 2))
+    n = job(s)
+    s.request("ask", now=0, waiter="w", job=n)  # a notification has no slot to lend
+    s.request("ask", now=0, waiter="w", job=foreign)  # nor another session's request
+    assert take(s) == []
+    s.answer(n, None, 0)
+    (r1,) = take(s)
+    assert r1.id == 1 and take(s) == [] and s.stats.handlers_running == 1
+
+
 def test_nothing_is_handed_over_before_start() -> None:
     s = Session()
     feed(s, note("n"), req("r", 1))

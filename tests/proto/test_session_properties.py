@@ -10,8 +10,9 @@ either side, shutdown, close. After every step, and when the run ends:
   call is left unsettled;
 * no id is answered twice on the wire, and only ids the peer asked for (what each side
   writes is parsed independently of the core);
-* no bound is exceeded (running <= max_concurrency, queued <= max_queued, pending <=
-  max_pending), and work is handed over whenever a bound allows it;
+* no bound is exceeded (running <= max_concurrency, not counting handlers that wait for
+  a call of their own to the peer; queued <= max_queued, pending <= max_pending), and
+  work is handed over whenever a bound allows it;
 * an answer to a call we wait for is never stuck behind queued work: once its bytes are
   delivered and our output is under ``write_buffer_size``, ``next_event()`` gives its
   ``Settle`` before ``NEED_DATA``; ``PAUSED`` only while our output is over the bound;
@@ -277,7 +278,7 @@ class SessionMachine(RuleBasedStateMachine):
                     assert notice.state is not JobState.RUNNING, (job, notice)
             side.last_request_seq = seq
         side.running.append(job)
-        assert len(s._active) <= s.max_concurrency
+        assert len(s._active) - s._lent <= s.max_concurrency
 
     def on_settle(self, side: Side, ev: Settle) -> None:
         assert ev.id in side.made, ev
@@ -398,7 +399,7 @@ class SessionMachine(RuleBasedStateMachine):
             if head.notification:
                 assert notice is not None, f"{side.name}: {head!r} waits for nothing"
             else:
-                assert len(active) >= s.max_concurrency or (
+                assert len(active) - s._lent >= s.max_concurrency or (
                     notice is not None and notice.state is JobState.RUNNING
                 ), f"{side.name}: {head!r} waits with a free slot"
         elif s.phase is not Phase.OPEN:
@@ -422,7 +423,16 @@ class SessionMachine(RuleBasedStateMachine):
     def bounds(self) -> None:
         for side in self.sides.values():
             s = side.s
-            assert len(s._active) <= s.max_concurrency, side
+            assert len(s._active) - s._lent <= s.max_concurrency, side
+            # a job lends its slot exactly while a call made for it awaits its answer
+            waiting = {}
+            for call in s._calls.values():
+                if call.job is not None:
+                    waiting[call.job] = waiting.get(call.job, 0) + 1
+            assert {j: j.waiting for j in s._active if j.waiting} == {
+                j: n for j, n in waiting.items() if j in s._active
+            }, side
+            assert s._lent == sum(1 for j in s._active if j.waiting), side
             assert len(s._line) <= s.max_queued, side
             assert s.stats.requests_pending <= s.max_pending, side
             not_taken = [ev for ev in s._events if type(ev) is Job and not ev.notification]
@@ -441,11 +451,13 @@ class SessionMachine(RuleBasedStateMachine):
         s = side.s
         return self.may_call(side) and not (AVOID_KNOWN_BUGS and s.phase is Phase.DRAINING and not s.reading)
 
-    def _request(self, side: Side, method: str, params: Any, timeout: float | None, waiter: Any) -> None:
+    def _request(
+        self, side: Side, method: str, params: Any, timeout: float | None, waiter: Any, job: Job | None = None
+    ) -> None:
         s = side.s
         pending, can = s.stats.requests_pending, s.can_request
         try:
-            id = s.request(method, params, now=self.now, timeout=timeout, waiter=waiter)
+            id = s.request(method, params, now=self.now, timeout=timeout, waiter=waiter, job=job)
         except ConnectionClosed:
             assert not can
             return
@@ -473,6 +485,15 @@ class SessionMachine(RuleBasedStateMachine):
         side = self.sides[name]
         if self.may_request(side):
             self._request(side, "work", {"seq": self.seq(side)}, timeout, waiter=object())
+
+    @rule(name=st.sampled_from(SIDES), pick=st.integers(0, 50), timeout=st.sampled_from([None, 1.0]))
+    def call_back(self, name: str, pick: int, timeout: float | None) -> None:
+        """A running handler calls the peer (its slot is lent until the answer)."""
+        side = self.sides[name]
+        if not side.running or not self.may_request(side):
+            return
+        job = side.running[pick % len(side.running)]
+        self._request(side, "work", {"seq": self.seq(side)}, timeout, waiter=object(), job=job)
 
     @rule(name=st.sampled_from(SIDES))
     def notify(self, name: str) -> None:

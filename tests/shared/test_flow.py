@@ -2,7 +2,8 @@
 
 * an answer to a call we wait for is always read, however many calls are queued: 300
   requests whose handler calls the client back all complete (the original EZ-IPC, and
-  ezipc 0.1, hung past 2 x max_concurrency);
+  ezipc 0.1, hung past 2 x max_concurrency); and calls back at any depth, with every
+  slot busy, all complete;
 * a peer that pipelines 20,000 requests without reading, then reads, gets one answer for
   each (its result, or at once -32009 when the queue was full), nothing dropped;
 * our own messages never wait behind queued work: a handler's notify leaves at once while
@@ -45,6 +46,33 @@ def test_300_requests_that_call_the_client_back_all_complete(server_kind: str, c
         stats = served.stats(remote)
         assert stats["requests_refused"] == 0 and stats["requests_pending"] == 0
         assert peer.stats()["messages_in"] >= 600  # the 300 answers, and the server's 300 calls
+
+
+def test_calls_back_at_any_depth_all_complete_with_every_slot_busy(server_kind: str, client_kind: str) -> None:
+    """40 calls at once, 2 handler slots a side: the server's handler calls the client,
+    whose handler calls the server, and so on, 4 deep. Before, the calls back waited in
+    the queue behind the first calls, whose handlers held every slot waiting for them:
+    every call timed out. (The blocking adapter's pool of 32 threads was a second such
+    wall: a handler waiting for its peer holds its thread.)"""
+    server = new_server(server_kind, max_concurrency=2)
+
+    @server.method
+    async def down(remote: Any, n: int) -> int:
+        return 0 if n == 0 else 1 + await call(remote, "up", [n - 1], timeout=30)
+
+    def setup(client: Any) -> None:
+        async def up(remote: Any, n: int) -> int:
+            return 0 if n == 0 else 1 + await call(remote, "down", [n - 1], timeout=30)
+
+        client.hook_request("up", up)
+
+    with serving(server_kind, server) as served, \
+            connecting(client_kind, served.address, setup=setup, max_concurrency=2) as peer:
+        futures = [peer.submit("down", [4], timeout=60) for _ in range(40)]
+        assert [f.result(60) for f in futures] == [4] * 40
+        stats = served.stats(served.one_remote())
+        assert stats["requests_refused"] == 0 and stats["requests_pending"] == 0
+        assert stats["handlers_running"] == 0
 
 
 def test_a_peer_that_pipelines_20000_requests_without_reading_gets_an_answer_for_each(
