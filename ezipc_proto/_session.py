@@ -735,8 +735,15 @@ class Session:
         for that answer (A's handler calls B, whose handler calls A...): with every slot
         held by a handler waiting for the peer, they would wait in the queue for good.
         What runs is still bounded: by ``max_concurrency`` plus ``max_pending``."""
+        if job.notification:
+            if job is self._notice and job.state is JobState.RUNNING:
+                # A notification's handler waiting for its peer has begun, as an async one
+                # has at its first step: what came after it may start (calls back too).
+                job._to("started")
+                self._pump()
+            return
         if job not in self._active:
-            return  # (not one of this session's running requests: a notification, or done)
+            return  # (not one of this session's running requests: done, or another's)
         call.job = job
         job.waiting += 1
         if job.waiting == 1:
@@ -784,7 +791,8 @@ class Session:
         ``job``: the peer's request whose handler makes this call, if any. Until the
         answer comes, that handler does not count against ``max_concurrency``, so the
         peer's calls back (needed for the answer, at any depth) can start: ``next_event``
-        may then have a :class:`Job` for the driver."""
+        may then have a :class:`Job` for the driver. A notification's handler that calls
+        has begun (as with :meth:`started`): the requests after it may start."""
         self._now = self._last_activity = now
         if self.phase is not Phase.OPEN or self._peer_eof or len(self._calls) >= self.max_pending:
             self._can_call(1)  # (raises, or allows a request while authenticating or draining)

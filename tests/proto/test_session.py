@@ -521,6 +521,24 @@ def test_a_lent_slot_comes_back_however_the_call_ends(end: str) -> None:
         assert [j.id for j in take(s)] == [3]
 
 
+def test_a_notification_handler_that_calls_its_peer_has_begun() -> None:
+    """A request waits for the notifications before it to begin; a plain function begins
+    when it returns, unless it calls its peer first: then the requests after it (a call
+    back among them) may start."""
+    s = session()
+    feed(s, note("n"), req("back", 1))
+    n = job(s)
+    assert take(s) == []
+    s.request("ask", now=0, waiter="w", job=n)
+    assert n.state is JobState.STARTED
+    (back,) = take(s)
+    assert back.id == 1
+    feed(s, note("n2"))
+    assert take(s) == []  # notifications still run one at a time
+    s.answer(n, None, 0)
+    assert [j.method for j in take(s)] == ["n2"]
+
+
 def test_only_a_running_request_of_this_session_lends_its_slot() -> None:
     s = session(max_concurrency=1)
     other = session(max_concurrency=1)
@@ -529,10 +547,10 @@ def test_only_a_running_request_of_this_session_lends_its_slot() -> None:
     feed(s, note("n"), req("r", 1), req("r", 2))
     n = job(s)
     s.request("ask", now=0, waiter="w", job=n)  # a notification has no slot to lend
+    (r1,) = take(s)  # (it has begun, though: see the test above)
     s.request("ask", now=0, waiter="w", job=foreign)  # nor another session's request
     assert take(s) == []
     s.answer(n, None, 0)
-    (r1,) = take(s)
     assert r1.id == 1 and take(s) == [] and s.stats.handlers_running == 1
 
 

@@ -75,6 +75,42 @@ def test_calls_back_at_any_depth_all_complete_with_every_slot_busy(server_kind: 
         assert stats["handlers_running"] == 0
 
 
+def test_a_notification_handler_may_call_its_peer_back(server_kind: str, client_kind: str) -> None:
+    """A notification's handler calls the client, whose handler calls the server: that
+    request came after the notification, and requests wait for the notifications before
+    them to begin. A handler waiting for its peer has begun. (On the blocking server a
+    plain function began only once it had returned: this hung until the timeout.)"""
+    server = new_server(server_kind)
+    got: list[Any] = []
+    done = threading.Event()
+
+    if server_kind == "blocking":  # a plain function, as most blocking handlers are
+
+        def note(remote: Any) -> None:
+            got.append(remote.request("client/ask", timeout=10))
+            done.set()
+    else:
+
+        async def note(remote: Any) -> None:
+            got.append(await call(remote, "client/ask", timeout=10))
+            done.set()
+
+    server.hook_notif("note", note)
+
+    server.hook_request("answer", lambda: 42)
+
+    def setup(client: Any) -> None:
+        async def ask(remote: Any) -> Any:
+            return await call(remote, "answer", timeout=10)
+
+        client.hook_request("client/ask", ask)
+
+    with serving(server_kind, server) as served, connecting(client_kind, served.address, setup=setup) as peer:
+        peer.notify("note")
+        assert done.wait(10)
+        assert got == [42]
+
+
 def test_a_peer_that_pipelines_20000_requests_without_reading_gets_an_answer_for_each(
     server_kind: str,
 ) -> None:
