@@ -56,9 +56,10 @@ def test_a_child_serving_on_stdio(server_kind: str, client_kind: str) -> None:
         assert process.returncode == 0  # it ended by itself once its stdin closed
 
 
-STARTED = """
+SLOW_SERVER = """
 import sys
-kind = sys.argv[1]
+kind, address = sys.argv[1], sys.argv[2]
+out = sys.stderr if address == "stdio" else sys.stdout  # (stdio: stdout is the connection)
 if kind == "blocking":
     from ezipc_adapters.blocking import Server
 elif kind == "trio":
@@ -71,20 +72,20 @@ server = Server(shutdown_timeout=5)
 @server.method
 async def slow():
     import anyio
-    print("started", flush=True)
+    print("started", file=out, flush=True)
     await anyio.sleep(0.3)
     return "finished"
 
-server.start("tcp://127.0.0.1:0", ready=lambda addresses: print(*addresses, flush=True))
-print("stopped", flush=True)
+server.start(address, ready=lambda addresses: print(*addresses, file=out, flush=True))
+print("stopped", file=out, flush=True)
 """
 
 
 def test_start_reports_readiness_and_a_signal_shuts_down_gracefully(server_kind: str) -> None:
     """``start(*addresses, ready=)`` blocks until SIGTERM, then shuts down gracefully
     (work in flight finishes) and returns."""
-    child = subprocess.Popen([sys.executable, "-c", STARTED, server_kind], stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True)
+    argv = [sys.executable, "-c", SLOW_SERVER, server_kind, "tcp://127.0.0.1:0"]
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert child.stdout is not None
         address = child.stdout.readline().strip()
@@ -103,36 +104,12 @@ def test_start_reports_readiness_and_a_signal_shuts_down_gracefully(server_kind:
             child.wait()
 
 
-STDIO_SLOW = """
-import sys
-kind = sys.argv[1]
-if kind == "blocking":
-    from ezipc_adapters.blocking import Server
-elif kind == "trio":
-    from ezipc_adapters.trio import Server
-else:
-    from ezipc_adapters.asyncio import Server
-
-server = Server(shutdown_timeout=5)
-
-@server.method
-async def slow():
-    import anyio
-    print("started", file=sys.stderr, flush=True)
-    await anyio.sleep(0.3)
-    return "finished"
-
-server.start("stdio")
-print("stopped", file=sys.stderr, flush=True)
-"""
-
-
 def test_a_signal_shuts_a_stdio_server_down_gracefully(server_kind: str) -> None:
     """A server on its stdio shuts down on SIGTERM as one on a socket does: the call in
     flight finishes and is answered, nothing is logged as failed, and it exits by itself.
     (The async servers used to cancel the stdio connection outright: the call went
     unanswered, and its handler was logged as having raised.)"""
-    child = subprocess.Popen([sys.executable, "-c", STDIO_SLOW, server_kind], stdin=subprocess.PIPE,
+    child = subprocess.Popen([sys.executable, "-c", SLOW_SERVER, server_kind, "stdio"], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert child.stdin is not None and child.stdout is not None and child.stderr is not None
