@@ -13,8 +13,9 @@ or trio, or the blocking adapter) gets, all at once: well-behaved clients (the a
 adapter's, on asyncio or trio, or the blocking adapter's, some sharing a connection among
 threads) making requests, notifications and batches in both framings and checking every
 answer, with calls that time out or are cancelled on purpose and calls the server makes
-back to them, that hang up at random moments (also in the middle of calls) or have the
-server hang up on them with calls in flight; raw clients that drop at random points of
+back to them (every other one of which the client's handler calls the server back for),
+that hang up at random moments (also in the middle of calls) or have the server hang up
+on them with calls in flight; raw clients that drop at random points of
 a message (mid-header, mid-body, requests in flight, by a TCP reset); hostile clients
 sending malformed frames (bad JSON, bad UTF-8, bad ids and params, broken Content-Length
 headers, oversize and endless messages, floods of tiny messages) and checking the error
@@ -113,7 +114,7 @@ def make_server(backend: str, tls_dir: str | None = None, codec: str = "json") -
             cancelled.wait()
 
         def callback_blocking(n: int, remote: Any) -> list[Any]:
-            return [remote.request("client.echo", [i], timeout=10) for i in range(n)]
+            return [remote.request(_CALL_BACK[i % 2], [i], timeout=10) for i in range(n)]
 
         def bye_blocking(remote: Any) -> None:
             remote.close("bye")
@@ -132,7 +133,7 @@ def make_server(backend: str, tls_dir: str | None = None, codec: str = "json") -
             await anyio.sleep_forever()
 
         async def callback(n: int, remote: Any) -> list[Any]:
-            return [await remote.request("client.echo", [i], timeout=10) for i in range(n)]
+            return [await remote.request(_CALL_BACK[i % 2], [i], timeout=10) for i in range(n)]
 
         async def bye(remote: Any) -> None:
             remote.close("bye")
@@ -249,6 +250,19 @@ def _echo_back(value: Any = None) -> Any:
     return value
 
 
+# What the server's ``callback`` calls: every other call, the client's handler calls the
+# server back in turn (calls back two deep, with every slot possibly busy).
+_CALL_BACK = ("client.echo", "client.deeper")
+
+
+async def _deeper(value: Any, remote: Any) -> Any:
+    return await remote.request("echo", [value], timeout=10)
+
+
+def _deeper_blocking(value: Any, remote: Any) -> Any:
+    return remote.request("echo", [value], timeout=10)
+
+
 def _check_left(calls: list[Any], tally: Tally) -> None:
     """Calls left in flight on purpose end with ConnectionClosed (so they are not
     logged as unawaited either)."""
@@ -276,6 +290,7 @@ async def good_client(address: str, seed: int, stop: anyio.Event, tally: Tally) 
     while not stop.is_set():
         client = Client(framing=rng.choice(("ndjson", "content-length")))
         client.hook_request("client.echo", _echo_back)
+        client.hook_request("client.deeper", _deeper)
         left: list[Any] = []
         try:
             async with client.connect(address, timeout=10, request_timeout=30, ssl=TLS_CLIENT) as remote:
@@ -388,6 +403,7 @@ def blocking_good_client(address: str, seed: int, stop: threading.Event, tally: 
     while not stop.is_set():
         client = blocking.Client(rng.choice(("ndjson", "content-length")))
         client.hook_request("client.echo", _echo_back)
+        client.hook_request("client.deeper", _deeper_blocking)
         left: list[Any] = []
         try:
             with client.connect(address, timeout=10, request_timeout=30, ssl=TLS_CLIENT) as remote:
