@@ -117,6 +117,7 @@ class Side:
         self.closed = False  # the Close event was seen: the transport is closed
         self.write_shut = False  # nothing more reaches the peer (EOF sent)
         self.running: list[Job] = []  # handed over, not yet ended by the driver
+        self.lenders: list[Job] = []  # jobs that made calls of their own (call_back)
         self.calls: dict[Any, Any] = {}  # our calls not yet settled: id -> waiter
         self.made: dict[Any, Any] = {}  # every call made: id -> waiter
         self.kinds: dict[Any, str] = {}  # id -> method
@@ -278,7 +279,7 @@ class SessionMachine(RuleBasedStateMachine):
                     assert notice.state is not JobState.RUNNING, (job, notice)
             side.last_request_seq = seq
         side.running.append(job)
-        assert len(s._active) - s._lent <= s.max_concurrency
+        assert len(s._active) - s._lent <= s.max_concurrency + self.returned(side)
 
     def on_settle(self, side: Side, ev: Settle) -> None:
         assert ev.id in side.made, ev
@@ -419,11 +420,20 @@ class SessionMachine(RuleBasedStateMachine):
                 if "method" not in m:
                     assert m["id"] not in side.calls, f"{side.name}: the answer to {m['id']} is read, not settled"
 
+    def returned(self, side: Side) -> int:
+        """Running jobs whose lent slot came back (their calls have ended)."""
+        active = side.s._active
+        return sum(1 for j in side.lenders if j in active and not j.waiting)
+
     @invariant()
     def bounds(self) -> None:
         for side in self.sides.values():
             s = side.s
-            assert len(s._active) - s._lent <= s.max_concurrency, side
+            # A slot lent comes back when the call ends, though what started in it still
+            # runs: only those can take the count over max_concurrency (and everything
+            # running stays within max_concurrency + max_pending).
+            assert len(s._active) - s._lent <= s.max_concurrency + self.returned(side), side
+            assert len(s._active) <= s.max_concurrency + s.max_pending, side
             # a job lends its slot exactly while a call made for it awaits its answer
             waiting = {}
             for call in s._calls.values():
@@ -494,6 +504,8 @@ class SessionMachine(RuleBasedStateMachine):
             return
         job = side.running[pick % len(side.running)]
         self._request(side, "work", {"seq": self.seq(side)}, timeout, waiter=object(), job=job)
+        if all(j is not job for j in side.lenders):
+            side.lenders.append(job)
 
     @rule(name=st.sampled_from(SIDES))
     def notify(self, name: str) -> None:
