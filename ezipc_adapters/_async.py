@@ -15,6 +15,7 @@ import inspect
 import math
 from collections.abc import Callable, Coroutine, Generator, Iterable
 from contextvars import ContextVar
+from threading import get_ident
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -45,8 +46,9 @@ __all__ = ["Call", "Sent", "BatchCall", "Remote"]
 
 T = TypeVar("T")
 _HOOK_TIMEOUT = 10.0  # how long disconnect hooks may take once the connection has ended
-# The peer's request whose handler runs in this task (see Session.request's ``job``).
-_handling: ContextVar[Job | None] = ContextVar("ezipc_handling", default=None)
+# The peer's request whose handler runs in this task, its connection, and the thread of
+# that connection's event loop (see Session.request's ``job``, and Call.wait).
+_handling: ContextVar[tuple[Remote, Job, int] | None] = ContextVar("ezipc_handling", default=None)
 
 
 # ---- what request, notify and batch return ---------------------------------------------
@@ -143,19 +145,34 @@ class Call(_Sending[Any]):
     async def wait(self) -> Any:
         self._seen = True
         if not self._done:
-            parking = self.remote._parking
+            remote = self.remote
+            parking = remote._parking
             waiter = parking.new()
             if self._waiters is None:
                 self._waiters = [waiter]
             else:
                 self._waiters.append(waiter)
+            # A handler of another connection waiting for this answer holds no slot of
+            # its own connection meanwhile (see Session.waiting): the answer may need
+            # that connection's peer's next requests (A's handler calls B, whose handler
+            # calls A over another connection). A call on its own connection is lent
+            # for by the session itself (Session.request's ``job``). (Not for a handler
+            # of another thread's event loop, whose context came along with a call
+            # made through a portal or to_thread: its connection is not ours to touch.)
+            handling = _handling.get()
+            lender = handling is not None and handling[0] is not remote and handling[2] == get_ident()
+            if lender:
+                handling[0]._lend(handling[1], True)  # type: ignore[index]
             try:
                 await parking.awaitable(waiter)
             except BaseException:
                 self._waiters.remove(waiter)
                 if not self._done:  # our task was cancelled: the peer need not go on
-                    self.remote._cancel(self)
+                    remote._cancel(self)
                 raise
+            finally:
+                if lender:
+                    handling[0]._lend(handling[1], False)  # type: ignore[index]
         return self.result()
 
     def _settle(self, result: Any, error: BaseException | None) -> None:
@@ -267,7 +284,7 @@ class Remote(RemoteBase):
         ``ConnectionClosed`` or ``LimitExceeded`` (nothing sent)."""
         call = Call(self, method, callback)
         session = self._session
-        job = _handling.get()  # (a handler's call: see Session.request)
+        job = self._handling_job()  # (a handler's call: see Session.request)
         call.id = session.request(
             method, params, now=self._loop_time(), timeout=timeout, waiter=call, job=job
         )
@@ -304,7 +321,7 @@ class Remote(RemoteBase):
             list(notify),
             now=self._loop_time(),
             timeout=timeout,
-            job=_handling.get(),
+            job=self._handling_job(),
         )
         for call, id in zip(calls, ids, strict=True):
             call.id = id
@@ -313,6 +330,20 @@ class Remote(RemoteBase):
 
     def _call_soon(self, method: str, params: Any, timeout: float | None) -> Call:
         return self.request(method, params, timeout=timeout)
+
+    def _handling_job(self) -> Job | None:
+        """The job of this connection whose handler runs in this task, if any."""
+        handling = _handling.get()
+        return handling[1] if handling is not None and handling[0] is self else None
+
+    def _lend(self, job: Job, waiting: bool) -> None:
+        """``job``'s handler waits (or no longer waits) for an answer from another
+        connection (see ``Call.wait``)."""
+        if waiting:
+            self._session.waiting(job, self._loop_time())
+            self._kick()  # (the peer's next requests may start now)
+        else:
+            self._session.resumed(job, self._loop_time())
 
     async def aclose(self) -> None:
         """Close the connection: pending calls fail with ConnectionClosed, handlers are
@@ -432,7 +463,7 @@ class Remote(RemoteBase):
                     # first step (the timer task hands them over after this task yields).
                     session.started(job, self._loop_time())
                     self._timer_wanted.set()
-                _handling.set(job)  # (this task's: its calls to the peer are made for it)
+                _handling.set((self, job, get_ident()))  # (this task's: its calls are made for it)
                 try:
                     if awaitable is None:
                         awaitable = call_handler(handler, job.params, self, token)

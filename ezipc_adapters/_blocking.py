@@ -26,7 +26,7 @@ import inspect
 import math
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +44,7 @@ from ezipc_proto import (
 
 from ._blocking_callers import CallerReads, CallFuture, NextJob, Waiter
 from ._blocking_io import Loop, PipeStream, SocketStream, Stream, acquire, linger, monotonic
-from ._blocking_runners import Runners
+from ._blocking_runners import Pool, Runners
 from ._options import Options
 from ._peer import PeerCredentials
 from ._registry import PLAIN_RESULTS, Handler, Hooks, call_handler, log, not_found
@@ -57,11 +57,29 @@ if TYPE_CHECKING:
 
 _LINGER = 2.0  # how long a closed connection reads on, for the peer's EOF (no reset)
 _HOOK_TIMEOUT = 10.0  # how long close() waits for the connection to end
-_local = threading.local()  # .ours: a thread of ours (a worker, or an I/O thread)
+# .ours: a thread of ours (a worker, or an I/O thread); .handling: (remote, job) whose
+# handler this thread runs (its calls are made for that job: see Session.request).
+_local = threading.local()
 
 
 # Events whose dispatch acts on the session only through _call (see _kick).
 _INERT = frozenset((Settle, Job, Interrupt))
+
+
+def _handler_waits(handling: tuple[Remote, Job], on: Remote, waiting: bool) -> None:
+    """A handler (``handling``: its connection and job) begins (or ends) waiting for an
+    answer from ``on``'s peer. Its pool thread is held meanwhile (see
+    ``_blocking_runners``). A call on its own connection has its slot lent by the
+    session (``Session.request``'s ``job``); on another, the handler's own connection
+    is told (``Session.waiting``): the answer may need its peer's next requests (A's
+    handler calls B, whose handler calls A over the first connection)."""
+    owner, job = handling
+    owner._calls_peer(waiting)
+    if owner is not on:
+        if waiting:
+            owner._call(lambda s: s.waiting(job, monotonic()))
+        else:
+            owner._call(lambda s: s.resumed(job, monotonic()))
 
 
 def _run_awaitable(value: Any) -> Any:
@@ -95,7 +113,7 @@ class Remote(CallerReads, Runners, RemoteBase):
         stream: Stream,
         hooks: Hooks,
         options: Options,
-        pool: ThreadPoolExecutor,
+        pool: Pool,
         loop: Loop,
         *,
         server: Server | None = None,
@@ -170,12 +188,13 @@ class Remote(CallerReads, Runners, RemoteBase):
                 "use submit(), or call from another thread"
             )
         waiter = Waiter()
-        job = getattr(_local, "job", None)  # (a handler's call: see Session.request)
+        handling = getattr(_local, "handling", None)  # (a handler's call: see Session.request)
+        job = handling[1] if handling is not None and handling[0] is self else None
         id = self._call(
             lambda s: s.request(method, params, now=monotonic(), timeout=timeout, waiter=waiter, job=job)
         )
-        if job is not None:
-            self._calls_peer(True)
+        if handling is not None:
+            _handler_waits(handling, self, True)
         try:
             if self._caller_may_read:
                 self._read_for(waiter)
@@ -184,8 +203,8 @@ class Remote(CallerReads, Runners, RemoteBase):
             self._cancel(id)
             raise
         finally:
-            if job is not None:
-                self._calls_peer(False)
+            if handling is not None:
+                _handler_waits(handling, self, False)
         if waiter.error is not None:
             raise waiter.error
         return waiter.result
@@ -206,7 +225,8 @@ class Remote(CallerReads, Runners, RemoteBase):
         thread that completes the future (often the I/O thread): keep them short and
         never wait in them."""
         future = CallFuture(self, callback)
-        job = getattr(_local, "job", None)
+        handling = getattr(_local, "handling", None)
+        job = handling[1] if handling is not None and handling[0] is self else None
         future._id = self._call(
             lambda s: s.request(method, params, now=monotonic(), timeout=timeout, waiter=future, job=job)
         )
@@ -240,11 +260,12 @@ class Remote(CallerReads, Runners, RemoteBase):
         ``ConnectionClosed`` and ``LimitExceeded`` raise as for ``request``."""
         calls = [(method, params, Waiter()) for method, params in requests]
         notes = list(notify)
-        job = getattr(_local, "job", None)
+        handling = getattr(_local, "handling", None)
+        job = handling[1] if handling is not None and handling[0] is self else None
         ids = self._call(lambda s: s.batch(calls, notes, now=monotonic(), timeout=timeout, job=job))
         results: list[Any] = []
-        if job is not None:
-            self._calls_peer(True)
+        if handling is not None:
+            _handler_waits(handling, self, True)
         try:
             for _, _, waiter in calls:
                 acquire(waiter.lock)
@@ -257,20 +278,21 @@ class Remote(CallerReads, Runners, RemoteBase):
                 self._cancel(id)
             raise
         finally:
-            if job is not None:
-                self._calls_peer(False)
+            if handling is not None:
+                _handler_waits(handling, self, False)
         return results
 
     def _as_caller(self, wait: Callable[[], Any]) -> Any:
         """``wait()``: a wait for an answer from the peer, counted as such when a handler
-        waits (see ``_blocking_runners``)."""
-        if getattr(_local, "job", None) is None:
+        waits (see ``_handler_waits``)."""
+        handling = getattr(_local, "handling", None)
+        if handling is None:
             return wait()
-        self._calls_peer(True)
+        _handler_waits(handling, self, True)
         try:
             return wait()
         finally:
-            self._calls_peer(False)
+            _handler_waits(handling, self, False)
 
     def close(self, reason: str = "closed locally") -> None:
         """Close now: pending calls fail with ``ConnectionClosed``, answers still being
@@ -507,19 +529,19 @@ class Remote(CallerReads, Runners, RemoteBase):
             # driver, where they start at its first step). A plain function must have
             # finished first (an LSP didChange is applied before the completion after it).
             self._call(lambda s: s.started(job, monotonic()))
-        outer, _local.job = getattr(_local, "job", None), job  # (for its calls to the peer)
+        outer, _local.handling = getattr(_local, "handling", None), (self, job)  # (for its calls)
         try:
             result = call_handler(handler, job.params, self, token)
             if handler.is_async or (type(result) not in PLAIN_RESULTS and inspect.isawaitable(result)):
                 result = _run_awaitable(result)
         except BaseException as exc:  # SystemExit, KeyboardInterrupt too: answered, then raised
-            _local.job = outer
+            _local.handling = outer
             failure = exc
             self._report(lambda s: s.fail(job, failure, monotonic()))
             if not isinstance(exc, Exception):
                 raise
         else:
-            _local.job = outer
+            _local.handling = outer
             self._report(lambda s: s.answer(job, result, monotonic()))
 
     def _connect_hooks(self) -> None:

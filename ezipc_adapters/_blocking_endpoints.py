@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from ezipc_proto import (
@@ -25,6 +25,7 @@ from ezipc_proto import (
 from ._address import DEFAULT_ADDRESS, WEB_KINDS, Address, parse_address
 from ._blocking import Remote, _local
 from ._blocking_io import Loop, PipeStream, SocketStream, Stream, TLSStream, linger, monotonic
+from ._blocking_runners import Pool
 from ._options import Options
 from ._peer import PeerCredentials, format_sockaddr, peer_credentials
 from ._registry import Hooks, log
@@ -103,7 +104,7 @@ class Client(Hooks):
     def __init__(self, framing: str = "ndjson", **options: Any) -> None:
         super().__init__()
         self.options = Options.build({"framing": framing}, options)
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: Pool | None = None
         self._pool_users = 0
         self._pool_lock = threading.Lock()
 
@@ -214,9 +215,7 @@ class Client(Hooks):
     ) -> Remote:
         with self._pool_lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(
-                    opts.max_workers, "ezipc-client-worker", initializer=_mark_ours
-                )
+                self._pool = Pool(opts.max_workers, "ezipc-client-worker", initializer=_mark_ours)
             self._pool_users += 1
             pool = self._pool
         loop = _shared_loop()
@@ -302,7 +301,7 @@ class Server(ServerBase[Remote]):
         self._stopped.set()
         self._state_lock = threading.Lock()
         self._loop: Loop | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: Pool | None = None
         self._thread: threading.Thread | None = None
         self._connections = 0  # accepted and not ended (handshaking included)
         self._shutting_down = False
@@ -387,7 +386,7 @@ class Server(ServerBase[Remote]):
             loop = self._loop = Loop("ezipc-server")
         parsed = [parse_address(a) for a in (addresses or (DEFAULT_ADDRESS,))]
         unix_paths: list[str] = []
-        self._pool = ThreadPoolExecutor(self.options.max_workers, "ezipc-worker", initializer=_mark_ours)
+        self._pool = Pool(self.options.max_workers, "ezipc-worker", initializer=_mark_ours)
         try:
             for addr in parsed:
                 if addr.kind == "stdio":

@@ -9,18 +9,20 @@ may block, or wait for its peer). 64 pipelined calls, blocking client and server
 interleaved runs: 19-21k -> 34k calls/s; the server's threads 34 -> 4, its peak RSS
 24.2 -> 18.7 MiB. Eight threads calling 1 ms handlers still run 4.4x one thread's rate.
 
-A handler that waits for an answer from its peer holds its pool thread, and the answer
-may need the peer's next request to run here (a call back: A's handler calls B, whose
-handler calls A). With every pool thread held so, that request would wait for a thread
-for good. So while this connection's handlers wait for the peer and its jobs wait for
-a thread the pool cannot give (its queue is not empty), one more runner joins on a
-thread of its own, outside the pool: at most one per handler so waiting.
+A handler that waits for an answer from a peer holds its pool thread, and the answer
+may need a peer's next request to run here (a call back: A's handler calls B, whose
+handler calls A, over this connection or another of this pool's). With every pool
+thread held so, that request would wait for a thread for good. So while handlers of
+this pool wait for answers and this connection's jobs wait for a thread the pool cannot
+give (its queue is not empty), one more runner joins on a thread of its own, outside
+the pool: at most one per handler so waiting, counted across the pool.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -39,10 +41,21 @@ WORKER_GRACE = 0.001  # how long a runner with no job reads for the next request
 Item = tuple["Job", "Handler | None", "threading.Event | None"]
 
 
+class Pool(ThreadPoolExecutor):
+    """A server's or client's threads for handlers, with two counts across its
+    connections (see the module's docstring)."""
+
+    def __init__(self, max_workers: int, prefix: str, initializer: Callable[[], None]) -> None:
+        super().__init__(max_workers, prefix, initializer=initializer)
+        self.counts_lock = threading.Lock()
+        self.calling = 0  # handlers waiting for an answer from a peer (each holds a thread)
+        self.overflow = 0  # runners on threads of their own
+
+
 class Runners:
     """What runs a ``Remote``'s jobs (mixed into it)."""
 
-    _pool: ThreadPoolExecutor
+    _pool: Pool
     _loop: Loop
     _caller_may_read: bool
     _caller_reading: Waiter | CallFuture | NextJob | Peek | None
@@ -70,8 +83,6 @@ class Runners:
         self._free = 0  # of those, the ones not inside a handler
         self._check_due = False  # a check is set (see _check_runners)
         self._unstarted = 0  # of the runners, those still in the pool's queue
-        self._calling = 0  # handlers of this connection waiting for an answer from the peer
-        self._overflow = 0  # runners on threads of their own (see the module's docstring)
         # (ThreadPoolExecutor's queue of tasks not yet taken: work for other threads waits
         # there, so a runner with no job goes back; a pool without it: no reading)
         self._pool_queue: Any = getattr(self._pool, "_work_queue", None)
@@ -107,38 +118,49 @@ class Runners:
                 self._runners += 1
                 self._free += 1
                 self._unstarted += 1
-            # Every free runner still waits for a pool thread, while handlers of ours
-            # hold theirs waiting for the peer: the pool may never give one.
+            # Every free runner still waits for a pool thread, while handlers hold
+            # theirs waiting for an answer: the pool may never give one.
             overflow = (
                 not stuck
                 and waited
                 and self._free == self._unstarted
-                and self._calling > self._overflow
                 and self._pool_queue is not None
                 and self._pool_queue.qsize() > 0
+                and self._take_overflow()
             )
             if overflow:
                 self._runners += 1
                 self._free += 1
-                self._overflow += 1
         if stuck:
             self._submit(self._run_jobs)
         if overflow:
             self._start_thread(self._run_overflow)
         self._loop.call_at(now + RUNNER_GRACE, self._check_runners)
 
+    def _take_overflow(self) -> bool:
+        """May one more runner start outside the pool? (Counted if so.)"""
+        pool = self._pool
+        with pool.counts_lock:
+            if pool.calling <= pool.overflow:
+                return False
+            pool.overflow += 1
+            return True
+
     def _run_overflow(self) -> None:
         """A runner on a thread of its own (see the module's docstring)."""
         try:
             self._run_jobs(pooled=False)
         finally:
-            with self._jobs_lock:
-                self._overflow -= 1
+            pool = self._pool
+            with pool.counts_lock:
+                pool.overflow -= 1
 
     def _calls_peer(self, waiting: bool) -> None:
-        """A handler of this connection begins (or ends) waiting for the peer's answer."""
-        with self._jobs_lock:
-            self._calling += 1 if waiting else -1
+        """A handler of this connection begins (or ends) waiting for an answer, from
+        this connection's peer or another's (its thread is held meanwhile)."""
+        pool = self._pool
+        with pool.counts_lock:
+            pool.calling += 1 if waiting else -1
 
     def _run_jobs(self, pooled: bool = True) -> None:
         """A runner (in the pool): run this connection's jobs in order while there are

@@ -198,7 +198,8 @@ class Job:
     request whose id is null: ``notification`` tells them apart). ``state`` is the
     session's. ``context`` is the driver's own slot (its cancel scope, its cancellation
     token...): the session never reads it. ``waiting``: calls of ours to the peer, made
-    for this job (``request(..., job=)``), still awaiting their answers.
+    for this job (``request(..., job=)``), still awaiting their answers, and waits for
+    answers from elsewhere (:meth:`Session.waiting`) not yet :meth:`Session.resumed`.
     """
 
     __slots__ = ("method", "params", "id", "notification", "state", "context", "waiting")
@@ -729,32 +730,58 @@ class Session:
             if job.waiting:
                 self._unlend_all(job)
 
+    def waiting(self, job: Job, now: float) -> None:
+        """``job``'s handler waits for an answer from elsewhere (a call on another
+        connection, which may need this peer's next requests: A's handler calls B, whose
+        handler calls here): until :meth:`resumed`, it holds no slot, as while a call
+        made here for it (``request(..., job=)``) awaits its answer. Calls made here
+        need no such word. Each ``waiting`` is to be matched by one ``resumed``; either
+        is a no-op for a job that has ended. ``next_event`` may then have a
+        :class:`Job` for the driver."""
+        self._now = now
+        self._lend_job(job)
+
+    def resumed(self, job: Job, now: float) -> None:
+        """``job``'s handler has the answer it was :meth:`waiting` for: it holds a slot
+        again (once nothing else of its waits)."""
+        self._now = now
+        self._unlend_job(job)
+
     def _lend(self, job: Job, call: _Call) -> None:
         """``call`` is made for ``job``: while it awaits its answer, ``job`` holds no
         slot, so that the peer's next requests may start. They may be calls back, needed
         for that answer (A's handler calls B, whose handler calls A...): with every slot
         held by a handler waiting for the peer, they would wait in the queue for good.
         What runs is still bounded: by ``max_concurrency`` plus ``max_pending``."""
+        if self._lend_job(job):
+            call.job = job
+
+    def _lend_job(self, job: Job) -> bool:
+        """``job`` waits for an answer (see :meth:`_lend`): True if a slot is lent."""
         if job.notification:
             if job is self._notice and job.state is JobState.RUNNING:
                 # A notification's handler waiting for its peer has begun, as an async one
                 # has at its first step: what came after it may start (calls back too).
                 job._to("started")
                 self._pump()
-            return
+            return False
         if job not in self._active:
-            return  # (not one of this session's running requests: done, or another's)
-        call.job = job
+            return False  # (not one of this session's running requests: done, or another's)
         job.waiting += 1
         if job.waiting == 1:
             self._lent += 1
             if self._line:
                 self._pump()
+        return True
 
     def _unlend(self, call: _Call) -> None:
         """``call`` has ended: its job holds a slot again once none of its calls waits."""
         job = call.job
-        if job is not None and job.waiting:
+        if job is not None:
+            self._unlend_job(job)
+
+    def _unlend_job(self, job: Job) -> None:
+        if job.waiting:  # (0 once it has ended: see _unlend_all)
             job.waiting -= 1
             if not job.waiting:
                 self._lent -= 1

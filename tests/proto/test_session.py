@@ -554,6 +554,50 @@ def test_only_a_running_request_of_this_session_lends_its_slot() -> None:
     assert r1.id == 1 and take(s) == [] and s.stats.handlers_running == 1
 
 
+def test_a_handler_waiting_for_another_connection_lends_its_slot_until_it_resumes() -> None:
+    """A's handler calls B, whose handler calls A over A's connection: the driver says
+    so (waiting/resumed), as the session cannot see a call made on another session."""
+    s = session(max_concurrency=1)
+    elsewhere = session(max_concurrency=1)
+    feed(s, req("relay", 1), req("back", 2), req("r", 3))
+    relay = job(s)
+    elsewhere.request("ask", now=0, waiter="w", job=relay)  # not that session's to lend
+    assert take(s) == [] and relay.waiting == 0
+    s.waiting(relay, 0)
+    back = job(s)  # relay's slot is lent: the call back starts
+    assert back.id == 2 and relay.waiting == 1
+    s.waiting(relay, 0)  # a second wait lends nothing more
+    s.answer(back, None, 0)
+    (r3,) = take(s)
+    s.resumed(relay, 0)
+    assert relay.waiting == 1  # still waits: the slot stays lent
+    s.resumed(relay, 0)
+    assert relay.waiting == 0
+    s.answer(r3, None, 0)
+    feed(s, req("r", 4))
+    assert take(s) == []  # relay holds the one slot again
+    s.waiting(relay, 0)
+    (r4,) = take(s)
+    s.answer(relay, None, 0)  # it ended waiting: the wait no longer counts
+    s.resumed(relay, 0)  # (a no-op for a job that has ended)
+    assert relay.waiting == 0 and s.stats.handlers_running == 1
+    s.answer(r4, None, 0)
+    feed(s, req("r", 5), req("r", 6))
+    assert [j.id for j in take(s)] == [5]  # one slot, as before
+
+
+def test_a_notification_handler_waiting_for_another_connection_has_begun() -> None:
+    s = session()
+    feed(s, note("n"), req("back", 1))
+    n = job(s)
+    assert take(s) == []
+    s.waiting(n, 0)
+    assert n.state is JobState.STARTED
+    assert [j.id for j in take(s)] == [1]
+    s.resumed(n, 0)
+    assert n.waiting == 0
+
+
 def test_nothing_is_handed_over_before_start() -> None:
     s = Session()
     feed(s, note("n"), req("r", 1))

@@ -117,7 +117,8 @@ class Side:
         self.closed = False  # the Close event was seen: the transport is closed
         self.write_shut = False  # nothing more reaches the peer (EOF sent)
         self.running: list[Job] = []  # handed over, not yet ended by the driver
-        self.lenders: list[Job] = []  # jobs that made calls of their own (call_back)
+        self.lenders: list[Job] = []  # jobs that made calls of their own (call_back, wait_elsewhere)
+        self.elsewhere: dict[Job, int] = {}  # waiting() not yet resumed(), per job
         self.calls: dict[Any, Any] = {}  # our calls not yet settled: id -> waiter
         self.made: dict[Any, Any] = {}  # every call made: id -> waiter
         self.kinds: dict[Any, str] = {}  # id -> method
@@ -434,8 +435,9 @@ class SessionMachine(RuleBasedStateMachine):
             # running stays within max_concurrency + max_pending).
             assert len(s._active) - s._lent <= s.max_concurrency + self.returned(side), side
             assert len(s._active) <= s.max_concurrency + s.max_pending, side
-            # a job lends its slot exactly while a call made for it awaits its answer
-            waiting = {}
+            # a job lends its slot exactly while a call made for it awaits its answer, or
+            # it waits for one from elsewhere
+            waiting = {j: n for j, n in side.elsewhere.items() if n and not j.notification}
             for call in s._calls.values():
                 if call.job is not None:
                     waiting[call.job] = waiting.get(call.job, 0) + 1
@@ -506,6 +508,34 @@ class SessionMachine(RuleBasedStateMachine):
         self._request(side, "work", {"seq": self.seq(side)}, timeout, waiter=object(), job=job)
         if all(j is not job for j in side.lenders):
             side.lenders.append(job)
+
+    @rule(name=st.sampled_from(SIDES), pick=st.integers(0, 50))
+    def wait_elsewhere(self, name: str, pick: int) -> None:
+        """A running handler waits for an answer from another connection (its slot is
+        lent until it says it has it)."""
+        side = self.sides[name]
+        if not side.running:
+            return
+        job = side.running[pick % len(side.running)]
+        notice = job.notification and job is side.s._notice and job.state is JobState.RUNNING
+        side.s.waiting(job, self.now)
+        if notice:
+            assert job.state is JobState.STARTED  # (it has begun: what came after may start)
+        side.elsewhere[job] = side.elsewhere.get(job, 0) + 1
+        if all(j is not job for j in side.lenders):
+            side.lenders.append(job)
+
+    @rule(name=st.sampled_from(SIDES), pick=st.integers(0, 50))
+    def resume(self, name: str, pick: int) -> None:
+        """A handler has the answer it waited for from elsewhere (it may have ended
+        meanwhile: then nothing changes)."""
+        side = self.sides[name]
+        jobs = [j for j, n in side.elsewhere.items() if n]
+        if not jobs:
+            return
+        job = jobs[pick % len(jobs)]
+        side.s.resumed(job, self.now)
+        side.elsewhere[job] -= 1
 
     @rule(name=st.sampled_from(SIDES))
     def notify(self, name: str) -> None:

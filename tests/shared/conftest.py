@@ -56,6 +56,7 @@ WEB_SCENARIOS = frozenset((
     "test_max_concurrency_makes_the_rest_wait_and_drops_nothing", "test_debug_puts_the_exceptions_repr_in_error_data",
     "test_a_result_json_cannot_hold_is_an_internal_error", "test_the_extended_fast_codec_encodes_them",
     "test_calls_back_at_any_depth_all_complete_with_every_slot_busy",
+    "test_calls_back_over_another_connection_all_complete_with_every_slot_busy",
 ))
 
 

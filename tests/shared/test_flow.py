@@ -19,6 +19,7 @@ import threading
 import time
 from typing import Any
 
+import anyio
 import pytest
 
 from ezipc_adapters import InvalidResponse
@@ -73,6 +74,55 @@ def test_calls_back_at_any_depth_all_complete_with_every_slot_busy(server_kind: 
         stats = served.stats(served.one_remote())
         assert stats["requests_refused"] == 0 and stats["requests_pending"] == 0
         assert stats["handlers_running"] == 0
+
+
+def test_calls_back_over_another_connection_all_complete_with_every_slot_busy(
+    server_kind: str, client_kind: str
+) -> None:
+    """A hub: the server's handler for A calls the client's other connection B, whose
+    handler calls the server back over A. 40 calls at once, 2 handler slots a side.
+    Before, A's handlers held every slot of A (and every thread of the blocking server's
+    pool) waiting for B, so the calls back over A waited for good: every call timed out
+    (above 64 calls at the default limits). A handler waiting for an answer from another
+    connection now holds no slot of its own, as one waiting for its own peer does not."""
+    server = new_server(server_kind, max_concurrency=2)
+    hub: dict[str, Any] = {}
+
+    @server.method
+    def register(remote: Any) -> bool:
+        hub["B"] = remote
+        return True
+
+    @server.method
+    async def relay(n: int) -> int:
+        return 1 + await call(hub["B"], "back", [n], timeout=30)
+
+    server.hook_request("leaf", lambda n: 2 * n)
+    over_a: list[Any] = []
+
+    def setup(client: Any) -> None:
+        if client_kind == "blocking":
+
+            def back(n: int) -> int:  # a plain function: it holds its thread while it waits
+                return 1 + over_a[0].request("leaf", [n], timeout=30)  # type: ignore[no-any-return]
+        else:
+
+            async def back(n: int) -> int:  # (A runs on another event loop: its thread-safe face)
+                return 1 + await anyio.to_thread.run_sync(lambda: over_a[0].request("leaf", [n], timeout=30))
+
+        client.hook_request("back", back)
+
+    with serving(server_kind, server) as served, \
+            connecting(client_kind, served.address, max_concurrency=2) as a, \
+            connecting(client_kind, served.address, setup=setup, max_concurrency=2) as b:
+        over_a.append(a)
+        assert b.request("register", timeout=10) is True
+        futures = [a.submit("relay", [n], timeout=60) for n in range(40)]
+        assert [f.result(60) for f in futures] == [2 * n + 2 for n in range(40)]
+        for remote in served.remotes():
+            stats = served.stats(remote)
+            assert stats["requests_refused"] == 0 and stats["requests_pending"] == 0
+            assert stats["handlers_running"] == 0
 
 
 def test_a_notification_handler_may_call_its_peer_back(server_kind: str, client_kind: str) -> None:
