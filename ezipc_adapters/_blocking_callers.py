@@ -167,7 +167,11 @@ class CallFuture(Future[Any]):
             try:
                 return get(capped(None if deadline is None else max(0.0, deadline - monotonic()), cap))
             except FutureTimeout:
-                if deadline is not None and monotonic() >= deadline:
+                # (The call's own TimeoutError, once it has failed so, is the same class
+                # from Python 3.11 on: it is raised at once. It was taken for a slice
+                # that ran out: result() on the main thread spun, for ever without a
+                # timeout.)
+                if self._state in _DONE or (deadline is not None and monotonic() >= deadline):
                     raise
 
     def _read(self, timeout: float | None) -> float | None:

@@ -363,3 +363,24 @@ def test_a_thread_taking_settled_answers_reads_what_comes_meanwhile() -> None:
             time.sleep(0.0005)
         assert arrived, "the notification was not read while the caller spun"
         assert arrived[0] - sent < 0.05 + 0.2  # (sent after 50 ms; read within about 1 ms)
+
+
+@pytest.mark.parametrize("wait", [None, 10.0])
+def test_a_future_whose_call_timed_out_raises_at_once_on_the_main_thread(wait: float | None) -> None:
+    """The main thread waits in slices (so that Ctrl-C is seen). From Python 3.11 on, the
+    call's own TimeoutError is the class of a slice running out: result() took one for
+    the other and spun, for ever without a timeout, for ``wait`` seconds with one."""
+    assert threading.current_thread() is threading.main_thread()
+    server = Server()
+    release = threading.Event()
+    server.hook_request("hang", lambda: release.wait(10))
+    with serving(server) as (address,), connect(address) as remote:
+        future = remote.submit("hang", timeout=0.2)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="timed out"):
+            future.result(wait)
+        with pytest.raises(TimeoutError, match="timed out"):
+            future.result()
+        assert isinstance(future.exception(), TimeoutError)
+        assert time.monotonic() - started < 2
+        release.set()
