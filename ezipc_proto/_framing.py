@@ -46,6 +46,9 @@ _BLANK = frozenset(b" \t\r")
 #: The usual header block, alone: taken by one regular-expression match (in C).
 _SIMPLE_HEADER = re.compile(rb"Content-Length: ([0-9]{1,20})\r\n\r\n")
 _LENGTHS: dict[bytes, int] = {}  # its digits -> int, for the commonest lengths
+# A header's name: an HTTP token (RFC 9110), with blanks around it tolerated.
+_HEADER_NAME = re.compile(rb"[ \t]*[!#$%&'*+\-.^_`|~0-9A-Za-z]+[ \t]*")
+_BARE_LF = r"header lines must end with \r\n, not a bare \n"
 #: Up to this many buffered bytes, usual Content-Length messages are cut by one split of a
 #: copy of the buffer (cheaper per message); beyond, by a match each (no big copies).
 _SPLIT_MAX = 1 << 18
@@ -217,6 +220,10 @@ class ContentLengthFramer:
                 # + 3: up to three bytes of a delimiter may follow an acceptable block
                 if size - self._start > MAX_HEADER_SIZE + 3:
                     raise RemoteProtocolError(f"header block longer than {MAX_HEADER_SIZE} bytes")
+                if buf.find(b"\n\n", self._start) >= 0 or buf.find(b"\n\r\n", self._start) >= 0:
+                    # A blank line ended by a bare LF, or after one: no CRLF CRLF will ever end
+                    # this block (a hand-written "Content-Length: 2\n\n{}" waited for good).
+                    raise RemoteProtocolError(_BARE_LF)
                 if self._start:
                     self._compact()
                 return None
@@ -357,8 +364,10 @@ def _content_length(block: bytearray) -> int:
             return int(value)
     length = -1
     for line in bytes(block).split(b"\r\n"):
+        if b"\n" in line:  # (a block ended by a CRLF CRLF that came later, a body between)
+            raise RemoteProtocolError(_BARE_LF)
         name, colon, value = line.partition(b":")
-        if not colon or not name or not name.isascii() or not value.isascii():
+        if not colon or _HEADER_NAME.fullmatch(name) is None or not value.isascii():
             raise RemoteProtocolError(f"malformed header line {line[:80]!r}")
         if name.strip().lower() == b"content-length":
             value = value.strip()

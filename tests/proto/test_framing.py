@@ -124,6 +124,8 @@ def test_content_length_other_headers_ignored(headers: bytes) -> None:
         "Cont\u00e9nt-Length: 5".encode(),  # not ASCII
         b"Content-Length: \xd9\xa5",  # a non-ASCII digit
         b"\r\nContent-Length: 5",  # a stray blank line before the headers
+        b'{"jsonrpc": "2.0"}\r\nContent-Length: 5',  # not a header's name (not a token)
+        b"Content Length: 5",  # nor this
     ],
 )
 def test_content_length_bad_header_is_fatal(headers: bytes) -> None:
@@ -142,6 +144,29 @@ def test_content_length_bad_header_is_fatal(headers: bytes) -> None:
     before = buffered(conn)
     conn.receive_data(b"x" * 100_000)
     assert buffered(conn) == before
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        b"Content-Length: %d\n\n",  # every line ended by a bare LF
+        b"Content-Length: %d\r\n\n",  # the blank line's
+        b"Content-Length: %d\n\r\n",  # the header line's
+        b"Content-Type: x\nContent-Length: %d\r\n\n",
+    ],
+)
+def test_content_length_bare_lf_header_lines_are_fatal_at_once(block: bytes) -> None:
+    """The base protocol ends each header line with CRLF: a block ended otherwise would
+    never end, so it is refused as soon as its blank line is in (it waited for good, or
+    until message_timeout, for the CRLF CRLF that never came)."""
+    msg = body(NOTE)
+    data = frame(NOTE, "content-length") + block % len(msg) + msg
+    events, conn = fatal_three_ways(data, "content-length", RemoteProtocolError)
+    assert same(events, [NOTE_EVENT])
+    conn = Connection("content-length")
+    conn.receive_data(block % len(msg))  # (the body not even sent)
+    with pytest.raises(RemoteProtocolError, match="bare"):
+        drain(conn)
 
 
 def test_content_length_header_block_too_long() -> None:
