@@ -179,9 +179,11 @@ class Remote(CallerReads, Runners, RemoteBase):
 
         Raises ``RemoteError`` (an error answer), ``TimeoutError`` (no answer within
         ``timeout`` seconds, default ``request_timeout``; the peer is told to cancel),
-        ``ConnectionClosed`` (the connection ended first) or ``LimitExceeded``
-        (``max_pending`` requests already await answers; nothing was sent). If the wait
-        is interrupted (e.g. KeyboardInterrupt), the peer is told to cancel as well."""
+        ``ConnectionClosed`` (the connection ended first), ``LimitExceeded``
+        (``max_pending`` requests already await answers; nothing was sent) or, in a
+        handler, ``RequestCancelled`` (the peer cancelled the request it handles: the
+        call is given up, and the peer told). If the wait is interrupted (e.g.
+        KeyboardInterrupt), the peer is told to cancel as well."""
         if threading.get_ident() == self._loop.ident:
             raise RuntimeError(
                 "request() would deadlock on the connection's I/O thread; "

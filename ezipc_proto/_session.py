@@ -1138,6 +1138,14 @@ class Session:
         elif job.state is JobState.RUNNING:
             self._respond(job, _error(id, ErrorCode.REQUEST_CANCELLED, _CANCELLED, None), job.method)
             self._interrupt(job)
+            if job.waiting:
+                # Its handler's calls to the peer, made for it, are given up too (the peer
+                # is told), so that a chain of calls back unwinds at once on every driver:
+                # a blocking handler cannot be stopped, but its wait ends. (The async
+                # driver's cancelled task gives them up anyway.)
+                for call_id in [i for i, call in self._calls.items() if call.job is job]:
+                    why = f"request {self._calls[call_id].method!r} was cancelled with {job.method!r}"
+                    self._abandon(call_id, RequestCancelled(why))
 
     def _interrupt(self, job: Job) -> None:
         job._to("interrupt")

@@ -598,6 +598,30 @@ def test_a_notification_handler_waiting_for_another_connection_has_begun() -> No
     assert n.waiting == 0
 
 
+def test_a_request_cancelled_by_the_peer_gives_up_the_calls_made_for_it() -> None:
+    """So that a chain of calls back unwinds at once, on the blocking driver too (whose
+    handler cannot be stopped, but whose wait then ends)."""
+    s = session()
+    feed(s, req("down", 1), req("other", 2))
+    down, other = take(s)
+    s.data_to_send()
+    mine = s.request("up", now=0, waiter="w1", job=down)
+    s.request("up", now=0, waiter="w2", job=down)
+    theirs = s.request("up", now=0, waiter="w3", job=other)
+    plain = s.request("ask", now=0, waiter="w4")
+    s.data_to_send()
+    feed(s, lsp_cancel(1))
+    interrupt, *settles = take(s)
+    assert type(interrupt) is Interrupt and interrupt.job is down
+    assert [(ev.waiter, type(ev.error)) for ev in settles] == [("w1", RequestCancelled), ("w2", RequestCancelled)]
+    assert "was cancelled with 'down'" in str(settles[0].error)
+    assert down.waiting == 0
+    written = [json.loads(line) for line in s.data_to_send().splitlines()]
+    assert written[0]["id"] == 1 and written[0]["error"]["code"] == CANCELLED
+    assert [m["params"]["id"] for m in written[1:]] == [mine, mine + 1]  # the peer is told
+    assert set(s._calls) == {theirs, plain}  # the others' calls go on
+
+
 def test_nothing_is_handed_over_before_start() -> None:
     s = Session()
     feed(s, note("n"), req("r", 1))

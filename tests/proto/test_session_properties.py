@@ -124,7 +124,8 @@ class Side:
         self.kinds: dict[Any, str] = {}  # id -> method
         self.timeouts: set[Any] = set()  # ids of calls made with a deadline
         self.deadlines: dict[Any, float] = {}
-        self.cancelled: set[Any] = set()  # ids cancel() returned True for
+        self.cancelled: set[Any] = set()  # ids cancel() returned True for (or given up with their job)
+        self.made_for: dict[Any, Job] = {}  # id -> the job a call was made for (call_back)
         self.settles: dict[Any, Settle] = {}
         self.requested: set[Any] = set()  # ids of requests seen on our wire
         self.answered: set[Any] = set()  # ids answered on our wire
@@ -247,6 +248,8 @@ class SessionMachine(RuleBasedStateMachine):
                 self.on_job(side, ev)  # type: ignore[arg-type]
             elif kind is Interrupt:
                 job = ev.job  # type: ignore[union-attr]
+                # the peer cancelled it: the calls made for it are given up with it
+                side.cancelled.update(id for id, j in side.made_for.items() if j is job and id in side.calls)
                 if any(j is job for j in side.running):
                     assert job.state is JobState.INTERRUPTED, job
                 else:  # the driver ended it after the interrupt was decided, before it took the event
@@ -478,6 +481,8 @@ class SessionMachine(RuleBasedStateMachine):
             return
         assert can and pending + 1 <= s.max_pending
         self.record_call(side, id, method, waiter, timeout)
+        if job is not None:
+            side.made_for[id] = job
 
     def record_call(self, side: Side, id: Any, method: str, waiter: Any, timeout: float | None) -> None:
         assert id not in side.made

@@ -8,6 +8,7 @@ import threading
 import time
 from typing import Any
 
+import anyio
 import pytest
 
 from ezipc_adapters import ConnectionClosed, LimitExceeded
@@ -108,6 +109,42 @@ def test_the_server_acts_on_a_cancellation(server_kind: str, profile: str) -> No
             assert "work started" not in trail
     finally:
         release.set()
+
+
+def test_a_cancellation_unwinds_a_chain_of_calls_back(server_kind: str, client_kind: str) -> None:
+    """The client gives up on down(4). The server's handler, waiting for the client's
+    up(3), gives that call up too (the client is told), and so on down the chain to the
+    leaf, which sees its cancellation: every handler on both sides has ended within a
+    few seconds. Before, a blocking handler waited on for its call's answer (it cannot
+    be stopped), so the chain stood until the leaf's own 10 s were up."""
+    server = new_server(server_kind)
+    server.hook_request("ping", lambda: "pong")
+
+    async def until_cancelled(cancelled: Any) -> int:
+        deadline = time.monotonic() + 10
+        while not cancelled.is_set() and time.monotonic() < deadline:  # (either kind of Event)
+            await anyio.sleep(0.01)
+        return 0
+
+    @server.method
+    async def down(remote: Any, n: int, cancelled: Any) -> int:
+        return await until_cancelled(cancelled) if n == 0 else 1 + await call(remote, "up", [n - 1], timeout=20)
+
+    def setup(client: Any) -> None:
+        async def up(remote: Any, n: int, cancelled: Any) -> int:
+            return await until_cancelled(cancelled) if n == 0 else 1 + await call(remote, "down", [n - 1], timeout=20)
+
+        client.hook_request("up", up)
+
+    with serving(server_kind, server) as served, connecting(client_kind, served.address, setup=setup) as peer:
+        with pytest.raises(TimeoutError):
+            peer.request("down", [4], timeout=0.5)
+        remote = served.one_remote()
+        started = time.monotonic()
+        wait_for(lambda: served.stats(remote)["handlers_running"] == 0, timeout=4)
+        wait_for(lambda: peer.stats()["handlers_running"] == 0, timeout=4)
+        assert time.monotonic() - started < 4
+        assert peer.request("ping", timeout=10) == "pong"  # (the connection goes on)
 
 
 def test_a_disconnect_fails_every_pending_call_at_once(client_kind: str) -> None:
