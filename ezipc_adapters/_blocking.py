@@ -190,8 +190,7 @@ class Remote(CallerReads, Runners, RemoteBase):
                 "use submit(), or call from another thread"
             )
         waiter = Waiter()
-        handling = getattr(_local, "handling", None)  # (a handler's call: see Session.request)
-        job = handling[1] if handling is not None and handling[0] is self else None
+        handling, job = self._handling()  # (a handler's call: see Session.request)
         id = self._call(
             lambda s: s.request(method, params, now=monotonic(), timeout=timeout, waiter=waiter, job=job)
         )
@@ -227,8 +226,7 @@ class Remote(CallerReads, Runners, RemoteBase):
         thread that completes the future (often the I/O thread): keep them short and
         never wait in them."""
         future = CallFuture(self, callback)
-        handling = getattr(_local, "handling", None)
-        job = handling[1] if handling is not None and handling[0] is self else None
+        job = self._handling()[1]  # (a handler's call: see Session.request)
         future._id = self._call(
             lambda s: s.request(method, params, now=monotonic(), timeout=timeout, waiter=future, job=job)
         )
@@ -262,8 +260,7 @@ class Remote(CallerReads, Runners, RemoteBase):
         ``ConnectionClosed`` and ``LimitExceeded`` raise as for ``request``."""
         calls = [(method, params, Waiter()) for method, params in requests]
         notes = list(notify)
-        handling = getattr(_local, "handling", None)
-        job = handling[1] if handling is not None and handling[0] is self else None
+        handling, job = self._handling()  # (a handler's call: see Session.request)
         ids = self._call(lambda s: s.batch(calls, notes, now=monotonic(), timeout=timeout, job=job))
         results: list[Any] = []
         if handling is not None:
@@ -283,6 +280,12 @@ class Remote(CallerReads, Runners, RemoteBase):
             if handling is not None:
                 _handler_waits(handling, self, False)
         return results
+
+    def _handling(self) -> tuple[tuple[Remote, Job] | None, Job | None]:
+        """The connection and job whose handler runs on this thread, if any; and that
+        job, if it is this connection's (its calls here lend its slot)."""
+        handling: tuple[Remote, Job] | None = getattr(_local, "handling", None)
+        return handling, handling[1] if handling is not None and handling[0] is self else None
 
     def _as_caller(self, wait: Callable[[], Any]) -> Any:
         """``wait()``: a wait for an answer from the peer, counted as such when a handler
