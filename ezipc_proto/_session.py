@@ -752,7 +752,8 @@ class Session:
         slot, so that the peer's next requests may start. They may be calls back, needed
         for that answer (A's handler calls B, whose handler calls A...): with every slot
         held by a handler waiting for the peer, they would wait in the queue for good.
-        What runs is still bounded: by ``max_concurrency`` plus ``max_pending``."""
+        What runs is still bounded: by ``max_concurrency`` plus ``max_pending`` (plus the
+        jobs waiting elsewhere: see :meth:`waiting`)."""
         if self._lend_job(job):
             call.job = job
 

@@ -119,6 +119,7 @@ class Side:
         self.running: list[Job] = []  # handed over, not yet ended by the driver
         self.lenders: list[Job] = []  # jobs that made calls of their own (call_back, wait_elsewhere)
         self.elsewhere: dict[Job, int] = {}  # waiting() not yet resumed(), per job
+        self.most_elsewhere = 0  # the most running jobs ever waiting elsewhere at once
         self.calls: dict[Any, Any] = {}  # our calls not yet settled: id -> waiter
         self.made: dict[Any, Any] = {}  # every call made: id -> waiter
         self.kinds: dict[Any, str] = {}  # id -> method
@@ -435,9 +436,10 @@ class SessionMachine(RuleBasedStateMachine):
             s = side.s
             # A slot lent comes back when the call ends, though what started in it still
             # runs: only those can take the count over max_concurrency (and everything
-            # running stays within max_concurrency + max_pending).
+            # running stays within max_concurrency + max_pending, plus the jobs lent while
+            # they waited for another connection: each a call in flight there).
             assert len(s._active) - s._lent <= s.max_concurrency + self.returned(side), side
-            assert len(s._active) <= s.max_concurrency + s.max_pending, side
+            assert len(s._active) <= s.max_concurrency + s.max_pending + side.most_elsewhere, side
             # a job lends its slot exactly while a call made for it awaits its answer, or
             # it waits for one from elsewhere
             waiting = {j: n for j, n in side.elsewhere.items() if n and not j.notification}
@@ -527,6 +529,8 @@ class SessionMachine(RuleBasedStateMachine):
         if notice:
             assert job.state is JobState.STARTED  # (it has begun: what came after may start)
         side.elsewhere[job] = side.elsewhere.get(job, 0) + 1
+        waiting = sum(1 for j, n in side.elsewhere.items() if n and j in side.s._active)
+        side.most_elsewhere = max(side.most_elsewhere, waiting)
         if all(j is not job for j in side.lenders):
             side.lenders.append(job)
 
