@@ -159,10 +159,11 @@ class Call(_Sending[Any]):
             # for by the session itself (Session.request's ``job``). (Not for a handler
             # of another thread's event loop, whose context came along with a call
             # made through a portal or to_thread: its connection is not ours to touch.)
-            handling = _handling.get()
-            lender = handling is not None and handling[0] is not remote and handling[2] == get_ident()
-            if lender:
-                handling[0]._lend(handling[1], True)  # type: ignore[index]
+            lender = _handling.get()
+            if lender is not None and (lender[0] is remote or lender[2] != get_ident()):
+                lender = None
+            if lender is not None:
+                lender[0]._lend(lender[1], True)
             try:
                 await parking.awaitable(waiter)
             except BaseException:
@@ -171,8 +172,8 @@ class Call(_Sending[Any]):
                     remote._cancel(self)
                 raise
             finally:
-                if lender:
-                    handling[0]._lend(handling[1], False)  # type: ignore[index]
+                if lender is not None:
+                    lender[0]._lend(lender[1], False)
         return self.result()
 
     def _settle(self, result: Any, error: BaseException | None) -> None:

@@ -1144,8 +1144,8 @@ class Session:
                 # is told), so that a chain of calls back unwinds at once on every driver:
                 # a blocking handler cannot be stopped, but its wait ends. (The async
                 # driver's cancelled task gives them up anyway.)
-                for call_id in [i for i, call in self._calls.items() if call.job is job]:
-                    why = f"request {self._calls[call_id].method!r} was cancelled with {job.method!r}"
+                for call_id, call in [(i, c) for i, c in self._calls.items() if c.job is job]:
+                    why = f"request {call.method!r} was cancelled with {job.method!r}"
                     self._abandon(call_id, RequestCancelled(why))
 
     def _interrupt(self, job: Job) -> None:
