@@ -25,7 +25,7 @@ from __future__ import annotations
 import inspect
 import math
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -35,10 +35,12 @@ from ezipc_proto import (
     NEED_DATA,
     PAUSED,
     Connected,
+    Id,
     Interrupt,
     Job,
     JobState,
     RemoteError,
+    RequestCancelled,
     Settle,
 )
 
@@ -66,20 +68,24 @@ _local = threading.local()
 _INERT = frozenset((Settle, Job, Interrupt))
 
 
-def _handler_waits(handling: tuple[Remote, Job], on: Remote, waiting: bool) -> None:
+def _handler_waits(handling: tuple[Remote, Job], on: Remote, waiting: bool, ids: Sequence[Id] = ()) -> None:
     """A handler (``handling``: its connection and job) begins (or ends) waiting for an
-    answer from ``on``'s peer. Its pool thread is held meanwhile (see
-    ``_blocking_runners``). A call on its own connection has its slot lent by the
-    session (``Session.request``'s ``job``); on another, the handler's own connection
-    is told (``Session.waiting``): the answer may need its peer's next requests (A's
-    handler calls B, whose handler calls A over the first connection)."""
+    answer from ``on``'s peer, to its calls ``ids``. Its pool thread is held meanwhile
+    (see ``_blocking_runners``). A call on its own connection has its slot lent by the
+    session (``Session.request``'s ``job``), and is given up by it if the job is
+    cancelled. On another, the handler's own connection is told (``Session.waiting``):
+    the answer may need its peer's next requests (A's handler calls B, whose handler
+    calls A over the first connection); and if its peer cancels the job, or has already,
+    the calls are given up here (see ``_give_up``), as a cancelled async handler's are."""
     owner, job = handling
     owner._calls_peer(waiting)
-    if owner is not on:
-        if waiting:
-            owner._call(lambda s: s.waiting(job, monotonic()))
-        else:
-            owner._call(lambda s: s.resumed(job, monotonic()))
+    if owner is on:
+        return
+    if waiting:
+        if owner._call(lambda s: owner._wait_elsewhere(s, job, on, ids)):
+            on._give_up(ids, job)
+    else:
+        owner._call(lambda s: owner._resume(s, job))
 
 
 def _run_awaitable(value: Any) -> Any:
@@ -144,6 +150,8 @@ class Remote(CallerReads, Runners, RemoteBase):
         self._reporting = False  # a worker is applying the reports: the others need not
         self._paused = False  # the session said PAUSED: no reading until our output drains
         self._writing = False  # a thread sends, outside the lock (see _take_output_locked)
+        # Our handlers waiting for answers on other connections: job -> (there, call ids).
+        self._elsewhere: dict[Job, tuple[Remote, Sequence[Id]]] = {}
         # A plain socket or pipe: whoever made output sends it outside the lock (see
         # _take_output_locked); its backlog() is its ``pending`` count, read as such on
         # the hot paths (a call less, eight times a sequential call).
@@ -195,7 +203,7 @@ class Remote(CallerReads, Runners, RemoteBase):
             lambda s: s.request(method, params, now=monotonic(), timeout=timeout, waiter=waiter, job=job)
         )
         if handling is not None:
-            _handler_waits(handling, self, True)
+            _handler_waits(handling, self, True, (id,))
         try:
             if self._caller_may_read:
                 self._read_for(waiter)
@@ -264,7 +272,7 @@ class Remote(CallerReads, Runners, RemoteBase):
         ids = self._call(lambda s: s.batch(calls, notes, now=monotonic(), timeout=timeout, job=job))
         results: list[Any] = []
         if handling is not None:
-            _handler_waits(handling, self, True)
+            _handler_waits(handling, self, True, ids)
         try:
             for _, _, waiter in calls:
                 acquire(waiter.lock)
@@ -287,13 +295,13 @@ class Remote(CallerReads, Runners, RemoteBase):
         handling: tuple[Remote, Job] | None = getattr(_local, "handling", None)
         return handling, handling[1] if handling is not None and handling[0] is self else None
 
-    def _as_caller(self, wait: Callable[[], Any]) -> Any:
-        """``wait()``: a wait for an answer from the peer, counted as such when a handler
-        waits (see ``_handler_waits``)."""
+    def _as_caller(self, wait: Callable[[], Any], id: Id) -> Any:
+        """``wait()``: a wait for the answer to our call ``id``, counted as such when a
+        handler waits (see ``_handler_waits``)."""
         handling = getattr(_local, "handling", None)
         if handling is None:
             return wait()
-        _handler_waits(handling, self, True)
+        _handler_waits(handling, self, True, (id,))
         try:
             return wait()
         finally:
@@ -320,6 +328,27 @@ class Remote(CallerReads, Runners, RemoteBase):
 
     def _cancel(self, id: Any) -> None:
         self._call(lambda s: s.cancel(id, monotonic()))
+
+    def _wait_elsewhere(self, session: Any, job: Job, there: Remote, ids: Sequence[Id]) -> bool:
+        """(Under the lock.) Our handler of ``job`` waits for ``there``'s answers to
+        ``ids``; True if ``job`` was answered without it already (they are to be given up)."""
+        session.waiting(job, monotonic())
+        if job.state is JobState.INTERRUPTED:
+            return True
+        self._elsewhere[job] = (there, ids)
+        return False
+
+    def _resume(self, session: Any, job: Job) -> None:
+        """(Under the lock.) Our handler of ``job`` has its answers from elsewhere."""
+        self._elsewhere.pop(job, None)
+        session.resumed(job, monotonic())
+
+    def _give_up(self, ids: Sequence[Id], job: Job) -> None:
+        """Give up our calls ``ids``, made by a handler of another connection whose
+        ``job`` was answered without it (cancelled by its peer; or its connection closed):
+        they fail with ``RequestCancelled``, and our peer is told."""
+        why = f"the request it was made for ({job.method!r}) ended: cancelled, or its connection closed"
+        self._call(lambda s: [s.cancel(id, monotonic(), RequestCancelled(why)) for id in ids])
 
     # ---- driving the session (any thread) --------------------------------------------
 
@@ -486,6 +515,10 @@ class Remote(CallerReads, Runners, RemoteBase):
         elif kind is Interrupt:
             if ev.job.context is not None:
                 ev.job.context.set()
+            if self._elsewhere:
+                waits = self._elsewhere.pop(ev.job, None)  # (its handler's, on another connection)
+                if waits is not None:
+                    waits[0]._give_up(waits[1], ev.job)
         elif kind is Connected:
             if self._hooks.on_connect:
                 self._submit(self._connect_hooks)

@@ -144,7 +144,7 @@ class CallFuture(Future[Any]):
                 self._remote._collected()
             return self._result
         get = super().result
-        return self._remote._as_caller(lambda: self._result_of(get, timeout))
+        return self._remote._as_caller(lambda: self._result_of(get, timeout), self._id)
 
     def _result_of(self, get: Callable[[float | None], Any], timeout: float | None) -> Any:
         timeout = self._read(timeout)
@@ -154,7 +154,7 @@ class CallFuture(Future[Any]):
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         get = super().exception
-        return self._remote._as_caller(lambda: self._wait(get, self._read(timeout)))  # type: ignore[no-any-return]
+        return self._remote._as_caller(lambda: self._wait(get, self._read(timeout)), self._id)  # type: ignore[no-any-return]
 
     def _wait(self, get: Callable[[float | None], Any], timeout: float | None) -> Any:
         """``get(timeout)`` (the base class's ``result`` or ``exception``); on the main

@@ -263,3 +263,52 @@ def _catch(fn: Any) -> Any:
         return fn()
     except Exception as exc:
         return exc
+
+
+@pytest.mark.parametrize("how", ["request", "submit", "batch", "after"])
+def test_a_cancelled_handler_gives_up_its_calls_over_another_connection(how: str) -> None:
+    """A hub's handler for A waits for B (another connection), however it calls: A gives
+    up, so the call to B is given up (``RequestCancelled``; B is told) and the handler's
+    thread is free at once. "after": the handler calls B only once its own request has
+    been cancelled; that wait is given up at once too (as a cancelled async handler's
+    next await is). Before, each waited for B's answer, or the call's timeout."""
+    server = Server()
+    hub: dict[str, Any] = {}
+    outcome: list[str] = []
+
+    @server.method
+    def register(remote: Any) -> bool:
+        hub["B"] = remote
+        return True
+
+    server.hook_request("ping", lambda: "pong")
+
+    @server.method
+    def relay(cancelled: threading.Event) -> Any:
+        there = hub["B"]
+        try:
+            if how == "after":
+                assert cancelled.wait(10)
+            if how == "submit":
+                return there.submit("slow", timeout=20).result()
+            if how == "batch":
+                return there.batch([("slow", None)], timeout=20)
+            return there.request("slow", timeout=20)
+        except BaseException as exc:
+            outcome.append(type(exc).__name__)
+            raise
+
+    with serving(server) as (address,), raw_connect(address) as b, connect(address) as a:
+        b.send({"jsonrpc": "2.0", "id": 1, "method": "register"})
+        assert b.receive() == {"jsonrpc": "2.0", "id": 1, "result": True}
+        with pytest.raises(TimeoutError):
+            a.request("relay", timeout=0.3)
+        slow = b.receive()
+        if how == "batch":
+            (slow,) = slow
+        assert slow["method"] == "slow"
+        assert b.receive() == {"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": slow["id"]}}
+        wait_for(lambda: outcome == ["RequestCancelled"], timeout=3)
+        assert a.request("ping", timeout=10) == "pong"  # (both connections go on)
+        b.send({"jsonrpc": "2.0", "id": slow["id"], "result": "late"})  # dropped, counted
+        wait_for(lambda: hub["B"].stats.late_responses == 1)

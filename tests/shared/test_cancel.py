@@ -147,6 +147,74 @@ def test_a_cancellation_unwinds_a_chain_of_calls_back(server_kind: str, client_k
         assert peer.request("ping", timeout=10) == "pong"  # (the connection goes on)
 
 
+def test_a_cancellation_gives_up_the_calls_its_handler_made_over_another_connection(
+    server_kind: str, client_kind: str
+) -> None:
+    """A hub: the server's handler for A calls B (another connection) and waits. A gives
+    up (timeout): the handler's call to B is given up too (B is told, and its handler
+    sees the cancellation), and the handler ends at once, on every server kind. Before,
+    a blocking handler waited on for B's answer: until B's handler ended (here, 10 s)."""
+    server = new_server(server_kind)
+    hub: dict[str, Any] = {}
+    outcome: list[str] = []
+
+    @server.method
+    def register(remote: Any) -> bool:
+        hub["B"] = remote
+        return True
+
+    if server_kind == "blocking":  # a plain function, as most blocking handlers are
+
+        @server.method
+        def relay() -> Any:
+            try:
+                return hub["B"].request("slow", timeout=20)
+            except BaseException as exc:
+                outcome.append(type(exc).__name__)
+                raise
+    else:
+
+        @server.method
+        async def relay() -> Any:
+            try:
+                return await call(hub["B"], "slow", timeout=20)
+            except BaseException as exc:
+                outcome.append(type(exc).__name__)
+                raise
+
+    b_saw: list[bool] = []
+
+    def setup(client: Any) -> None:
+        async def slow(cancelled: Any) -> int:
+            try:
+                deadline = time.monotonic() + 10
+                while not cancelled.is_set() and time.monotonic() < deadline:  # (either kind of Event)
+                    await anyio.sleep(0.01)
+                return 0
+            finally:  # (an async handler's task is cancelled as well)
+                b_saw.append(cancelled.is_set())
+
+        client.hook_request("slow", slow)
+
+    with serving(server_kind, server) as served, \
+            connecting(client_kind, served.address) as a, \
+            connecting(client_kind, served.address, setup=setup) as b:
+        assert b.request("register", timeout=10) is True
+        with pytest.raises(TimeoutError):
+            a.request("relay", timeout=0.5)
+        started = time.monotonic()
+        wait_for(lambda: outcome, timeout=4)
+        # (RequestCancelled from a blocking handler's request(); an async one is cancelled)
+        assert outcome[0] in ("RequestCancelled", "CancelledError", "Cancelled"), outcome
+        wait_for(lambda: b_saw, timeout=4)  # B was told: its handler saw the cancellation
+        assert b_saw == [True]
+        assert time.monotonic() - started < 4
+        for remote in served.remotes():
+            wait_for(lambda r=remote: served.stats(r)["handlers_running"] == 0, timeout=4)
+            assert served.stats(remote)["requests_pending"] == 0
+        assert b.request("register", timeout=10) is True  # (the connections go on)
+
+
 def test_a_disconnect_fails_every_pending_call_at_once(client_kind: str) -> None:
     with raw_server() as (address, accept), connecting(client_kind, address) as peer:
         server = accept()
