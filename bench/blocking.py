@@ -19,8 +19,16 @@ Rows:
 * ``by side``: the floor client against the ezipc server, and the ezipc client against
   the floor server (sequential ``add``), to see which side costs what;
 * ``server CPU``: the server process's user and system CPU time per request (Linux
-  ``/proc``), the floor's and ezipc's, both driven by the floor's client (``add``), one
-  call at a time and 64 in flight: what each server spends on a request.
+  ``/proc``), the floor's, the bound's (below) and ezipc's, each driven by the floor's
+  client (``add``), one call at a time and 64 in flight: what each server spends on a
+  request.
+* ``bound``: the session (``ezipc_proto.Session``) driven by the leanest blocking loop
+  there is: a thread per connection, a blocking ``recv``, the handler run inline, no
+  lock, poll, pool or timer. Not a usable driver (a handler that called its peer would
+  wait for good), but what no driver on the session can beat: ``bound / floor`` is what
+  the protocol core costs, ``ezipc / bound`` what the driver adds. Sequential ``add``
+  both sides on the session, and each side against the floor's other side; pipelined,
+  the floor's client against the bound's server.
 
 Ratios compare medians of interleaved repeats (floor, ezipc, floor, ezipc, ...), since
 loopback numbers on a shared 2-core machine move 10-30% between runs. Target from the
@@ -101,6 +109,87 @@ def serve_ezipc(ready: Any, sleep: float = 0.0) -> None:
     server._stopped.wait()
 
 
+def serve_bound(ready: Any) -> None:
+    """The session driven by the leanest blocking loop (see ``bound`` above)."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    ready(srv.getsockname()[1])
+    while True:
+        conn, _ = srv.accept()
+        threading.Thread(target=_bound_conn, args=(conn,), daemon=True).start()
+
+
+def _bound_conn(conn: socket.socket) -> None:
+    from ezipc_proto import NEED_DATA, Job, Session
+
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    clock = time.monotonic
+    session = Session("ndjson", now=clock())
+    session.start(clock())
+    recv, send = conn.recv, conn.sendall
+    while data := recv(65536):
+        session.receive_data(data, clock())
+        while (ev := session.next_event()) is not NEED_DATA:
+            if type(ev) is Job:
+                session.answer(ev, handle(ev.method, ev.params), clock())  # type: ignore[arg-type]
+        out = session.data_to_send()
+        if out:
+            send(out)
+
+
+def bound_client(port: int, method: str, seq_n: int, pipe_n: int, inflight: int) -> dict[str, float]:
+    """The floor's client, with the session in place of ``json`` (see ``bound``): it writes
+    one request per answer read, as the floor's does."""
+    from ezipc_proto import NEED_DATA, Session, Settle
+
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    clock, pc = time.monotonic, time.perf_counter_ns
+    session = Session("ndjson", now=clock())
+    session.start(clock())
+    recv, send = sock.recv, sock.sendall
+    got: list[Any] = []
+
+    def call(i: int) -> None:
+        session.request(method, params(method, i), now=clock())
+        send(session.data_to_send())
+
+    def answers(want: int) -> None:  # read until ``got`` holds ``want`` results
+        while len(got) < want:
+            session.receive_data(recv(65536), clock())
+            while (ev := session.next_event()) is not NEED_DATA:
+                if type(ev) is Settle:
+                    got.append(ev.result)
+
+    for i in range(200):
+        call(i)
+        answers(len(got) + 1)
+    got.clear()
+    lat = []
+    for i in range(seq_n):
+        t0 = pc()
+        call(i)
+        answers(i + 1)
+        lat.append(pc() - t0)
+        assert got[i] == expected(method, i)
+    out = seq_stats(lat) if lat else {}
+    got.clear()
+    t0 = pc()
+    for i in range(min(inflight, pipe_n)):
+        call(i)
+    sent = min(inflight, pipe_n)
+    while len(got) < pipe_n:
+        before = len(got)
+        answers(before + 1)
+        for _ in range(len(got) - before):
+            if sent < pipe_n:
+                call(sent)
+                sent += 1
+    out["pipe"] = pipe_n / max(1, pc() - t0) * 1e9
+    assert sorted(got) == sorted(expected(method, i) for i in range(pipe_n))
+    sock.close()
+    return out
+
+
 def child_main(kind: str) -> None:
     def ready(port: int) -> None:
         sys.stdout.write(f"{port}\n")
@@ -110,6 +199,8 @@ def child_main(kind: str) -> None:
         serve_floor(ready)
     elif kind == "ezipc":
         serve_ezipc(ready)
+    elif kind == "bound":
+        serve_bound(ready)
     elif kind == "ezipc-sleep":
         serve_ezipc(ready, sleep=0.001)
     else:
@@ -362,16 +453,20 @@ def main() -> None:
     thread_n = 800 if args.quick else 2400
 
     results: dict[str, list[dict[str, float]]] = collections.defaultdict(list)
-    floor, ez, slow = Child("floor"), Child("ezipc"), Child("ezipc-sleep")
+    floor, ez, slow, bound = Child("floor"), Child("ezipc"), Child("ezipc-sleep"), Child("bound")
     try:
         for rep in range(repeat):
             for method in ("add", "echo"):
                 results[f"floor {method}"].append(floor_client(floor.port, method, seq_n, pipe_n, 64))
                 results[f"ezipc {method}"].append(ezipc_client(ez.port, method, seq_n, pipe_n, 64))
             # Which side costs what: each ezipc side against the other side's floor.
-            results["cross floor->ezipc"].append(floor_client(ez.port, "add", seq_n, 0, 64))
+            results["cross floor->ezipc"].append(floor_client(ez.port, "add", seq_n, pipe_n, 64))
             results["cross ezipc->floor"].append(ezipc_client(floor.port, "add", seq_n, 0, 64))
-            for impl, child in (("floor", floor), ("ezipc", ez)):
+            # What no driver on the session can beat (see ``bound``).
+            results["bound add"].append(bound_client(bound.port, "add", seq_n, 0, 64))
+            results["cross floor->bound"].append(floor_client(bound.port, "add", seq_n, pipe_n, 64))
+            results["cross bound->floor"].append(bound_client(floor.port, "add", seq_n, 0, 64))
+            for impl, child in (("floor", floor), ("bound", bound), ("ezipc", ez)):
                 cost = server_cpu(child, max(seq_n, 3000), max(pipe_n, 20000))  # (10 ms ticks)
                 if cost:
                     results[f"cpu {impl}"].append(cost)
@@ -380,7 +475,7 @@ def main() -> None:
             results["threads"].append({"one": one, "eight": eight})
             print(f"  repeat {rep + 1}/{repeat} done", file=sys.stderr)
     finally:
-        for child in (floor, ez, slow):
+        for child in (floor, ez, slow, bound):
             child.stop()
 
     def med(name: str, key: str) -> float:
@@ -404,13 +499,26 @@ def main() -> None:
     print(f"add, sequential p50 by side: floor client -> ezipc server {to_server:.1f} µs"
           f" ({to_server / base:.2f}x), ezipc client -> floor server {to_floor:.1f} µs"
           f" ({to_floor / base:.2f}x)")
+    both, b_server, b_client = (med("bound add", "p50"), med("cross floor->bound", "p50"),
+                                med("cross bound->floor", "p50"))
+    print(f"bound (the session, no driver), add, sequential p50: both sides {both:.1f} µs ({both / base:.2f}x"
+          f" the floor; ezipc {med('ezipc add', 'p50') / both:.2f}x the bound), the server only"
+          f" {b_server:.1f} µs ({b_server / base:.2f}x), the client only {b_client:.1f} µs"
+          f" ({b_client / base:.2f}x)")
+    b_pipe, f_pipe = med("cross floor->bound", "pipe"), med("floor add", "pipe")
+    e_pipe = med("cross floor->ezipc", "pipe")
+    print(f"add, pipe64, the floor's client against each server: the bound's {b_pipe:,.0f} req/s"
+          f" ({b_pipe / f_pipe:.2f}x the floor's), ezipc's {e_pipe:,.0f} ({e_pipe / f_pipe:.2f}x the floor's,"
+          f" {e_pipe / b_pipe:.2f}x the bound's)")
     if results.get("cpu floor") and results.get("cpu ezipc"):
         print("server CPU per request, the floor's client calling add (user + system µs):")
         for mode, label in (("seq", "one at a time"), ("pipe", "64 in flight")):
             fu, fs = med("cpu floor", f"{mode} user"), med("cpu floor", f"{mode} sys")
             eu, es = med("cpu ezipc", f"{mode} user"), med("cpu ezipc", f"{mode} sys")
-            print(f"  {label:14} floor {fu:5.1f} + {fs:5.1f}, ezipc {eu:5.1f} + {es:5.1f}"
-                  f" (user {eu / fu:.2f}x, all {(eu + es) / (fu + fs):.2f}x)")
+            bu, bs = med("cpu bound", f"{mode} user"), med("cpu bound", f"{mode} sys")
+            print(f"  {label:14} floor {fu:5.1f} + {fs:5.1f}, bound {bu:5.1f} + {bs:5.1f},"
+                  f" ezipc {eu:5.1f} + {es:5.1f} (user {eu / fu:.2f}x the floor's, {eu / bu:.2f}x"
+                  f" the bound's; all {(eu + es) / (fu + fs):.2f}x, {(eu + es) / (bu + bs):.2f}x)")
     one, eight = med("threads", "one"), med("threads", "eight")
     print(f"1 ms handler: 1 thread {one:,.0f} req/s, 8 threads sharing one Remote {eight:,.0f} req/s:"
           f" {eight / one:.2f}x (target >= 3x)")
