@@ -59,6 +59,8 @@ if TYPE_CHECKING:
 
 _LINGER = 2.0  # how long a closed connection reads on, for the peer's EOF (no reset)
 _HOOK_TIMEOUT = 10.0  # how long close() waits for the connection to end
+DEFER_COUNT = 8  # at most this many answers in a row are held back (see Remote._report)
+DEFER_LIMIT = 8 * 1024  # and at most this much of our output (as the async driver's chunks)
 # .ours: a thread of ours (a worker, or an I/O thread); .handling: (remote, job) whose
 # handler this thread runs (its calls are made for that job: see Session.request).
 _local = threading.local()
@@ -150,6 +152,8 @@ class Remote(CallerReads, Runners, RemoteBase):
         self._reporting = False  # a worker is applying the reports: the others need not
         self._paused = False  # the session said PAUSED: no reading until our output drains
         self._writing = False  # a thread sends, outside the lock (see _take_output_locked)
+        self._deferred = False  # answers are held back for the jobs after them (see _report)
+        self._held = 0  # how many times in a row
         # Our handlers waiting for answers on other connections: job -> (there, call ids).
         self._elsewhere: dict[Job, tuple[Remote, Sequence[Id]]] = {}
         # A plain socket or pipe: whoever made output sends it outside the lock (see
@@ -358,10 +362,11 @@ class Remote(CallerReads, Runners, RemoteBase):
         many threads share a connection)."""
         return self._kick(action)
 
-    def _kick(self, action: Callable[[Any], Any] | None = None) -> Any:
+    def _kick(self, action: Callable[[Any], Any] | None = None, defer: bool = False) -> Any:
         """Do what the session says until it needs bytes or our output to drain; write
-        what it produced; keep the loop watching what it should. ``action(session)``
-        first, if given (its result is returned)."""
+        what it produced (``defer``: unless jobs wait to run, and it is small; see
+        ``_report``); keep the loop watching what it should. ``action(session)`` first,
+        if given (its result is returned)."""
         session = self._session
         result = None
         while True:
@@ -391,7 +396,13 @@ class Remote(CallerReads, Runners, RemoteBase):
                         self._paused = True
                         break
                     events.append(ev)
-                out = self._take_output_locked()
+                if defer and self._jobs and self._held < DEFER_COUNT and session.output_size < DEFER_LIMIT:
+                    self._deferred = True
+                    self._held += 1
+                    out = b""
+                else:
+                    defer = False
+                    out = self._take_output_locked()
                 at = session.get_timer()
                 schedule = at is not None and at < self._timer_at
                 if schedule:
@@ -420,7 +431,17 @@ class Remote(CallerReads, Runners, RemoteBase):
         queue on the connection's lock, each waiting for the others' turns (and for the
         GIL between them): instead each leaves its outcome in a list, and one of them at
         a time applies all there are, in one turn of the lock (pipelined calls to the
-        blocking server, measured interleaved: 18.5-21.9k -> 23.5-25.0k requests/s)."""
+        blocking server, measured interleaved: 18.5-21.9k -> 23.5-25.0k requests/s).
+
+        While more of this connection's jobs wait to run, the answer is held back (up to
+        DEFER_COUNT answers, DEFER_LIMIT bytes), to go in one write with the next ones:
+        a write per answer was a send() and a turn of the GIL each. It is written as
+        soon as no job waits: before a runner runs the last one (which may block), reads
+        or leaves; and by the check each RUNNER_GRACE while jobs wait (the handler
+        running may block). The floor's client, 64 calls in flight, interleaved medians
+        of 6 runs: 46.4k -> 55.1k requests/s, the server's CPU 22 -> 19 µs a request
+        (4 answers at most: 55.9k; 16: 47.7k; every waiting job's: 37.4k, as the
+        client and server then take turns instead of overlapping)."""
         with self._reports_lock:
             self._reports.append(outcome)
             if self._reporting:
@@ -428,7 +449,7 @@ class Remote(CallerReads, Runners, RemoteBase):
             self._reporting = True
         try:
             while True:
-                self._kick()  # (takes every report in the list)
+                self._kick(defer=True)  # (takes every report in the list)
                 with self._reports_lock:
                     if not self._reports:  # (checked and given up in one turn: none is missed)
                         self._reporting = False
@@ -437,6 +458,11 @@ class Remote(CallerReads, Runners, RemoteBase):
             with self._reports_lock:
                 self._reporting = False
             raise
+
+    def _flush(self) -> None:
+        """Write the answers held back for the jobs after them (see ``_report``)."""
+        self._deferred = False
+        self._kick()
 
     def _take_output_locked(self) -> bytes:
         """What this thread is to send, outside the lock (plain sockets and pipes; b"" if
@@ -452,6 +478,8 @@ class Remote(CallerReads, Runners, RemoteBase):
         data = self._session.data_to_send()
         if data:
             self._writing = True
+            self._deferred = False
+            self._held = 0
         return data
 
     def _send_out(self, data: bytes) -> None:

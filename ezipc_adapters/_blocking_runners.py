@@ -60,6 +60,7 @@ class Runners:
     _caller_may_read: bool
     _caller_reading: Waiter | CallFuture | NextJob | Peek | None
     _ended: bool
+    _deferred: bool  # answers are held back for the jobs after them (see Remote._report)
 
     def _submit(self, fn: Any, *args: Any) -> None:
         raise NotImplementedError
@@ -74,6 +75,9 @@ class Runners:
         raise NotImplementedError
 
     def _start_thread(self, fn: Any) -> None:
+        raise NotImplementedError
+
+    def _flush(self) -> None:
         raise NotImplementedError
 
     def _init_runners(self) -> None:
@@ -107,7 +111,10 @@ class Runners:
     def _check_runners(self, now: float) -> None:
         """If the oldest job has waited RUNNER_GRACE and every runner is inside a handler
         (which may block, or wait for its peer): one more runner. Again in RUNNER_GRACE
-        while jobs wait."""
+        while jobs wait. Answers held back for the jobs after them are written (see
+        ``Remote._report``): the handler running now may block."""
+        if self._deferred:
+            self._flush()
         with self._jobs_lock:
             self._check_due = bool(self._jobs) and not self._ended  # (ended: runners drain)
             if not self._check_due:
@@ -177,6 +184,11 @@ class Runners:
                 self._unstarted -= 1
         try:
             while True:
+                # Answers held back for the jobs after them (see Remote._report) are
+                # written once there are none: before this runner reads or leaves, and
+                # before it runs the last (which may block).
+                if self._deferred and not self._jobs:
+                    self._flush()
                 with lock:
                     if busy:
                         busy = False
@@ -201,6 +213,8 @@ class Runners:
                     with lock:
                         self._free -= 1
                 busy = True
+                if self._deferred and not self._jobs:
+                    self._flush()
                 self._serve_one(*item)
         except BaseException:  # (SystemExit from a handler: answered, then raised)
             with lock:

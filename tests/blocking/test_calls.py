@@ -12,7 +12,7 @@ import pytest
 
 from ezipc_adapters.blocking import Client, ConnectionClosed, Remote, RemoteError, Server, connect
 
-from .conftest import serving, wait_for
+from .conftest import raw_connect, serving, wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -106,6 +106,30 @@ def test_a_request_read_with_a_blocked_one_still_runs() -> None:
             assert not release.is_set()
             release.set()
             assert json.loads(lines.readline()) == {"jsonrpc": "2.0", "id": 1, "result": True}
+
+
+@pytest.mark.parametrize("after", [0, 1, 5])
+def test_answers_held_back_for_the_next_jobs_never_wait_behind_a_blocked_handler(after: int) -> None:
+    """Answers to requests read together are written a few at a time, not one by one
+    (while more jobs wait to run). None of them waits on a handler that blocks: 20
+    answers come while the 21st handler is still blocked, whether it is the last job
+    read (``after`` 0) or more wait behind it."""
+    server = Server()
+    release = threading.Event()
+    server.hook_request("block", lambda: release.wait(10))
+    server.hook_request("ping", lambda n: n)
+    with serving(server) as (address,), raw_connect(address) as peer:
+        burst = [{"jsonrpc": "2.0", "id": n, "method": "ping", "params": [n]} for n in range(20 - after)]
+        burst.append({"jsonrpc": "2.0", "id": "b", "method": "block"})
+        burst += [{"jsonrpc": "2.0", "id": n, "method": "ping", "params": [n]} for n in range(20 - after, 20)]
+        peer.send_raw(b"".join(peer.frame(message) for message in burst))
+        started = time.monotonic()
+        got = sorted(peer.receive(timeout=3)["result"] for _ in range(20))
+        assert got == list(range(20))
+        assert time.monotonic() - started < 3
+        assert not release.is_set()
+        release.set()
+        assert peer.receive() == {"jsonrpc": "2.0", "id": "b", "result": True}
 
 
 @pytest.mark.parametrize("raised", [SystemExit, KeyboardInterrupt])
