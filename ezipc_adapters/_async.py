@@ -544,6 +544,8 @@ class Remote(RemoteBase):
                 self._kick()
                 task_status.started()
                 await self._closing.wait()
+                if self._wire.closing is not None:
+                    self._wire.closing()
                 with anyio.move_on_after(FLUSH_TIMEOUT):  # write what is left
                     await self._wire.drain()
                 tg.cancel_scope.cancel()

@@ -173,6 +173,9 @@ class Wire:
     framing: str | None = None
     #: The transport presents ``auth_token`` itself (an HTTP header), not ``$/authenticate``.
     presents_token = False
+    #: Called as the connection begins to close, before ``drain()`` (HTTP: the answer to
+    #: the POST in flight is no longer awaited).
+    closing: Callable[[], None] | None = None
 
     def start(self, remote: Remote, tg: anyio.abc.TaskGroup) -> None:
         raise NotImplementedError

@@ -58,7 +58,9 @@ async def open_web_wire(
         raise ConnectError.from_error(str(address), cause) from exc
     wire = StreamWire(stream, str(address))
     wire.framing = "message"
-    wire.presents_token = isinstance(stream, HttpStream)
+    if isinstance(stream, HttpStream):
+        wire.presents_token = True
+        wire.closing = stream.abandon_answer
     return wire
 
 
@@ -143,6 +145,7 @@ class HttpStream(anyio.abc.ByteStream):
         self._http = new_http()
         self._answers_in, self._answers_out = anyio.create_memory_object_stream[bytes](math.inf)
         self._extra = stream.extra_attributes
+        self._awaiting: anyio.CancelScope | None = None  # a POST sent: the wait for its answer
 
     @property
     def extra_attributes(self) -> Mapping[Any, Any]:
@@ -172,9 +175,26 @@ class HttpStream(anyio.abc.ByteStream):
             stream = self._stream = await self._connect()
         http = self._http
         await stream.send(http.request(body))
-        while (response := http.receive_data(await _receive(stream))) is None:
-            pass
-        return answer_for(body, *response)
+        response = None
+        scope = self._awaiting = anyio.CancelScope()
+        try:
+            with scope:
+                while (response := http.receive_data(await _receive(stream))) is None:
+                    pass
+        finally:
+            self._awaiting = None
+        if response is None:  # (abandoned: see abandon_answer)
+            self._stream = None
+            await anyio.aclose_forcefully(stream)
+        return None if response is None else answer_for(body, *response)
+
+    def abandon_answer(self) -> None:
+        """The connection begins to close: stop waiting for the answer to the POST in
+        flight, if any (nobody wants it now: our calls have failed; its body is sent, the
+        server has it). What is written after it goes on a new connection. (The close
+        took FLUSH_TIMEOUT, 2 s, whenever a call was in flight: after a timeout, say.)"""
+        if self._awaiting is not None:
+            self._awaiting.cancel()
 
     async def send_eof(self) -> None:
         self._answers_in.close()  # we ask nothing more: the answers end here

@@ -187,6 +187,8 @@ class HttpStream(Stream):
         self._failed: OSError | None = None
         self._done = False
         self._closing = False
+        self._awaiting = False  # a POST is sent, its answer not yet read
+        self._abandoned = False  # closing, we stopped waiting for that answer
         self._thread = threading.Thread(target=self._run, name="ezipc-http-client", daemon=True)
         self._thread.start()
 
@@ -219,7 +221,19 @@ class HttpStream(Stream):
     def shutdown_write(self) -> None:
         if not self._closing:
             self._closing = True
+            with self._lock:
+                # A POST whose answer is awaited: nobody wants that answer now (our calls
+                # have failed), so the wait ends at once, and what is queued after it goes
+                # on a new connection. (close() took the 2 s linger whenever a call was in
+                # flight: after a timeout, say.) Its body is sent: the server has it.
+                abandon = self._awaiting
+                self._abandoned = abandon
             self._bodies.put(None)  # the thread POSTs what is queued, then ends
+            if abandon and self._sock is not None:
+                try:
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def close(self) -> None:
         self.shutdown_write()
@@ -239,7 +253,14 @@ class HttpStream(Stream):
     def _run(self) -> None:
         try:
             while (body := self._bodies.get()) is not None:
-                answer = self._post(body)
+                try:
+                    answer = self._post(body)
+                except OSError:
+                    with self._lock:
+                        abandoned, self._abandoned = self._abandoned, False
+                    if not abandoned:
+                        raise
+                    continue  # (see shutdown_write)
                 if answer is not None:
                     with self._lock:
                         self._answers.append(answer)
@@ -270,8 +291,14 @@ class HttpStream(Stream):
             sock.settimeout(None)
         http = self._http
         sock.sendall(http.request(body))
-        while (response := http.receive_data(sock.recv(65536))) is None:
-            pass
+        with self._lock:
+            self._awaiting = not self._closing
+        try:
+            while (response := http.receive_data(sock.recv(65536))) is None:
+                pass
+        finally:
+            with self._lock:
+                self._awaiting = False
         return answer_for(body, *response)
 
 

@@ -26,7 +26,7 @@ import anyio
 from ezipc_adapters import RemoteError, Server
 
 server = Server(max_message_size=4096)
-seen = {"cancelled": 0}
+seen = {"cancelled": 0, "notes": []}
 
 
 @server.method
@@ -62,6 +62,16 @@ async def slow(seconds):
 @server.method
 def cancelled():
     return seen["cancelled"]
+
+
+@server.hook_notif
+def note(text):
+    seen["notes"].append(text)
+
+
+@server.method
+def notes():
+    return seen["notes"]
 
 
 @server.method

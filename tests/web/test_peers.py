@@ -177,3 +177,50 @@ def test_ezipc_blocking_clients(ws_url: str) -> None:
             remote.request("echo", ["x" * 5000])
         assert info.value.code == -32007
         assert remote.request("add", [3, 4]) == 7
+
+
+@pytest.mark.parametrize("kind", ["blocking", "asyncio", "trio"])
+def test_closing_an_http_client_with_a_call_in_flight_is_prompt(ws_url: str, kind: str) -> None:
+    """A call in flight (its POST awaits the answer; after a timeout, say), then a
+    notification, then close(): the call fails at once, close() does not wait for the
+    answer nobody wants (it took 2 s, the flush or linger time, on every client), and the
+    notification queued behind it is still delivered (on a new connection)."""
+    url, text = http_url(ws_url), f"bye from {kind}"
+    if kind == "blocking":
+        remote = blocking.connect(url)
+        assert remote.request("add", [1, 2], timeout=5) == 3
+        future = remote.submit("slow", [5])
+        time.sleep(0.3)  # (its POST is sent)
+        remote.notify("note", [text])
+        started = time.monotonic()
+        remote.close()
+        took = time.monotonic() - started
+        with pytest.raises(ConnectionClosed):
+            future.result(5)
+    else:
+
+        async def run() -> float:
+            failed: list[BaseException] = []
+            async with connect(url) as remote:
+                assert await remote.request("add", [1, 2], timeout=5) == 3
+
+                async def slow() -> None:
+                    try:
+                        await remote.request("slow", [5])
+                    except ConnectionClosed as exc:
+                        failed.append(exc)
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(slow)
+                    await anyio.sleep(0.3)  # (its POST is sent)
+                    await remote.notify("note", [text])
+                    started = time.monotonic()
+                    await remote.aclose()
+                    took = time.monotonic() - started
+            assert len(failed) == 1
+            return took
+
+        took = anyio.run(run, backend=kind)
+    assert took < 1.0
+    with blocking.connect(url) as remote:
+        assert text in remote.request("notes", timeout=5)
