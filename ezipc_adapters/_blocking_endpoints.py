@@ -439,8 +439,15 @@ class Server(ServerBase[Remote]):
         self._close_listeners()
         remotes = list(self.remotes)
         self._log_shutdown(len(remotes))
+        # Every connection drains before any acts on it: one closed at once (nothing to
+        # finish) fails the calls a handler of another makes on it, and that handler's
+        # answer is then the shutdown's -32031, not -32603 (its session must be draining).
+        now = monotonic()
         for remote in remotes:
-            remote._call(lambda s: s.shutdown(monotonic()))
+            with remote._lock:
+                remote._session.shutdown(now)
+        for remote in remotes:
+            remote._kick()
         self._stop_if_done()
 
     def _stop_if_done(self) -> None:

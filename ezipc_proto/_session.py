@@ -795,6 +795,12 @@ class Session:
     def _error_answer(self, job: Job, exc: BaseException) -> Error:
         if isinstance(exc, RemoteError):
             return _error(job.id, exc.code, str(exc.message), exc.data)
+        if isinstance(exc, ConnectionClosed) and self.phase is Phase.DRAINING:
+            # A connection closed under the handler while we shut down (most often one
+            # the shutdown closed: a hub's handler waiting on another of its peers): that
+            # is what the caller is told, not an internal error, and it is no bug to log.
+            log.debug("handler for %r ended by the shutdown: %s", job.method, exc)
+            return _error(job.id, ErrorCode.SHUTTING_DOWN, _SHUTTING_DOWN, None)
         log.error("handler for %r raised", job.method, exc_info=exc)
         data = repr(exc) if self.debug else None
         return _error(job.id, ErrorCode.INTERNAL_ERROR, "Internal error", data)

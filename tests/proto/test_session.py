@@ -1420,6 +1420,21 @@ def test_shutdown_grace_over_answers_and_interrupts_running_work() -> None:
     assert s.data_to_send() == b""
 
 
+def test_a_handler_failing_with_connection_closed_while_draining_is_answered_shutting_down() -> None:
+    """A connection closed under a handler while we shut down (a hub's other connection,
+    closed by the same shutdown) is what the caller is told: -32031, not -32603. Before
+    the shutdown, it is an internal error as any other exception."""
+    s = session(max_concurrency=2)
+    feed(s, req("r", 1), req("r", 2))
+    r1, r2 = take(s)
+    s.fail(r1, ConnectionClosed("B: closed by the peer"), 1)
+    assert s.data_to_send() == wire(err(1, -32603, "Internal error"))
+    s.shutdown(2, grace=10)
+    s.fail(r2, ConnectionClosed("B: server shut down"), 3)
+    assert s.data_to_send() == wire(err(2, SHUTTING_DOWN, "Server is shutting down"))
+    assert take(s) == [Close("server shut down")]
+
+
 def test_shutdown_with_nothing_running_closes_at_once() -> None:
     s = session()
     s.shutdown(0)

@@ -17,6 +17,7 @@ import pytest
 from ezipc_adapters import ConnectionClosed, RemoteError
 
 from .conftest import (
+    call,
     connecting,
     error_code,
     message,
@@ -161,6 +162,62 @@ def test_what_a_client_sees_of_a_shutdown(server_kind: str, client_kind: str) ->
         release.set()
 
 
+
+
+def test_a_hubs_handler_ended_by_the_shutdown_is_answered_shutting_down(
+    server_kind: str, client_kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hub's handlers for A wait for calls on B; the server shuts down. B has nothing
+    to finish, so it closes at once, and their calls fail with ConnectionClosed: each
+    handler's answer is -32031 (the server is shutting down), not -32603 with a logged
+    traceback. (On the blocking server a handler could fail before its own connection
+    had begun to drain: the server shut them down one after the other.)"""
+    server = new_server(server_kind, shutdown_timeout=5)
+    hub: dict[str, Any] = {}
+
+    @server.method
+    def register(remote: Any) -> bool:
+        hub["B"] = remote
+        return True
+
+    if server_kind == "blocking":  # a plain function, as most blocking handlers are
+
+        @server.method
+        def relay() -> Any:
+            return hub["B"].request("wait", timeout=20)
+    else:
+
+        @server.method
+        async def relay() -> Any:
+            return await call(hub["B"], "wait", timeout=20)
+
+    release = threading.Event()
+
+    def setup(client: Any) -> None:
+        async def wait() -> int:
+            await wait_flag(release)
+            return 0
+
+        client.hook_request("wait", wait)
+
+    caplog.set_level(logging.ERROR)
+    try:
+        with serving(server_kind, server) as served, \
+                connecting(client_kind, served.address) as a, \
+                connecting(client_kind, served.address, setup=setup) as b:
+            assert b.request("register", timeout=10) is True
+            futures = [a.submit("relay", timeout=20) for _ in range(10)]
+            wait_for(lambda: [served.stats(r)["requests_pending"] for r in served.remotes()].count(10) == 1)
+            started = time.monotonic()
+            served.shutdown()
+            for future in futures:
+                with pytest.raises(RemoteError) as info:
+                    future.result(10)
+                assert info.value.code == -32031
+            assert time.monotonic() - started < 4  # (not the 5 s grace: nothing was left to run)
+    finally:
+        release.set()
+    assert not [r for r in caplog.records if "raised" in r.getMessage()]
 
 
 @pytest.mark.parametrize("server_kind", [
