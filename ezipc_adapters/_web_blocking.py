@@ -261,9 +261,11 @@ class HttpStream(Stream):
                     if not abandoned:
                         raise
                     continue  # (see shutdown_write)
-                if answer is not None:
-                    with self._lock:
+                with self._lock:
+                    self._abandoned = False  # (if it was, its answer had come meanwhile)
+                    if answer is not None:
                         self._answers.append(answer)
+                if answer is not None:
                     self._wake()
         except OSError as exc:
             with self._lock:
