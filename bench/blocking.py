@@ -72,12 +72,17 @@ def handle(method: str, p: dict[str, Any]) -> Any:
 # ---- servers (child processes) ---------------------------------------------------------
 
 
-def serve_floor(ready: Any) -> None:
+def serve_threads(ready: Any, serve_conn: Any) -> None:
+    """Accept on a free port (told to ``ready``), ``serve_conn(conn)`` in a thread each."""
     srv = socket.create_server(("127.0.0.1", 0))
     ready(srv.getsockname()[1])
     while True:
         conn, _ = srv.accept()
-        threading.Thread(target=_floor_conn, args=(conn,), daemon=True).start()
+        threading.Thread(target=serve_conn, args=(conn,), daemon=True).start()
+
+
+def serve_floor(ready: Any) -> None:
+    serve_threads(ready, _floor_conn)
 
 
 def _floor_conn(conn: socket.socket) -> None:
@@ -111,11 +116,7 @@ def serve_ezipc(ready: Any, sleep: float = 0.0) -> None:
 
 def serve_bound(ready: Any) -> None:
     """The session driven by the leanest blocking loop (see ``bound`` above)."""
-    srv = socket.create_server(("127.0.0.1", 0))
-    ready(srv.getsockname()[1])
-    while True:
-        conn, _ = srv.accept()
-        threading.Thread(target=_bound_conn, args=(conn,), daemon=True).start()
+    serve_threads(ready, _bound_conn)
 
 
 def _bound_conn(conn: socket.socket) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from ezipc_adapters.blocking import Client, Server, connect
 
+from ..shared.conftest import hub_of
 from .conftest import interrupted_elsewhere, raw_connect, raw_server, serving, sigint_raises, wait_for
 
 pytestmark = pytest.mark.timeout(30)
@@ -273,13 +274,8 @@ def test_a_cancelled_handler_gives_up_its_calls_over_another_connection(how: str
     been cancelled; that wait is given up at once too (as a cancelled async handler's
     next await is). Before, each waited for B's answer, or the call's timeout."""
     server = Server()
-    hub: dict[str, Any] = {}
+    hub = hub_of(server)
     outcome: list[str] = []
-
-    @server.method
-    def register(remote: Any) -> bool:
-        hub["B"] = remote
-        return True
 
     server.hook_request("ping", lambda: "pong")
 

@@ -321,6 +321,19 @@ def connecting_subprocess(kind: str, argv: list[str], *, setup: Callable[[Any], 
 # ---- handlers that run on every server kind -------------------------------------------
 
 
+def hub_of(server: Any) -> dict[str, Any]:
+    """Make ``server`` a hub: a peer that calls ``register`` becomes ``hub["B"]``, the
+    other connection its handlers call (A's handler calls B)."""
+    hub: dict[str, Any] = {}
+
+    def register(remote: Any) -> bool:
+        hub["B"] = remote
+        return True
+
+    server.hook_request("register", register)
+    return hub
+
+
 async def call(remote: Any, method: str, params: Any = None, **kwargs: Any) -> Any:
     """``remote.request`` from a handler, on an async or a blocking ``Remote``."""
     result = remote.request(method, params, **kwargs)

@@ -16,6 +16,7 @@ from ezipc_adapters import ConnectionClosed, LimitExceeded
 from .conftest import (
     call,
     connecting,
+    hub_of,
     message,
     new_server,
     raw_connect,
@@ -155,13 +156,8 @@ def test_a_cancellation_gives_up_the_calls_its_handler_made_over_another_connect
     sees the cancellation), and the handler ends at once, on every server kind. Before,
     a blocking handler waited on for B's answer: until B's handler ended (here, 10 s)."""
     server = new_server(server_kind)
-    hub: dict[str, Any] = {}
+    hub = hub_of(server)
     outcome: list[str] = []
-
-    @server.method
-    def register(remote: Any) -> bool:
-        hub["B"] = remote
-        return True
 
     if server_kind == "blocking":  # a plain function, as most blocking handlers are
 

@@ -24,7 +24,18 @@ import pytest
 
 from ezipc_adapters import InvalidResponse
 
-from .conftest import call, connecting, message, new_server, raw_connect, raw_server, serving, tell, wait_for
+from .conftest import (
+    call,
+    connecting,
+    hub_of,
+    message,
+    new_server,
+    raw_connect,
+    raw_server,
+    serving,
+    tell,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -86,12 +97,7 @@ def test_calls_back_over_another_connection_all_complete_with_every_slot_busy(
     (above 64 calls at the default limits). A handler waiting for an answer from another
     connection now holds no slot of its own, as one waiting for its own peer does not."""
     server = new_server(server_kind, max_concurrency=2)
-    hub: dict[str, Any] = {}
-
-    @server.method
-    def register(remote: Any) -> bool:
-        hub["B"] = remote
-        return True
+    hub = hub_of(server)
 
     @server.method
     async def relay(n: int) -> int:

@@ -20,6 +20,7 @@ from .conftest import (
     call,
     connecting,
     error_code,
+    hub_of,
     message,
     new_server,
     raw_connect,
@@ -173,12 +174,7 @@ def test_a_hubs_handler_ended_by_the_shutdown_is_answered_shutting_down(
     traceback. (On the blocking server a handler could fail before its own connection
     had begun to drain: the server shut them down one after the other.)"""
     server = new_server(server_kind, shutdown_timeout=5)
-    hub: dict[str, Any] = {}
-
-    @server.method
-    def register(remote: Any) -> bool:
-        hub["B"] = remote
-        return True
+    hub = hub_of(server)
 
     if server_kind == "blocking":  # a plain function, as most blocking handlers are
 
