@@ -63,7 +63,12 @@ DEFER_COUNT = 8  # at most this many answers in a row are held back (see Remote.
 DEFER_LIMIT = 8 * 1024  # and at most this much of our output (as the async driver's chunks)
 # .ours: a thread of ours (a worker, or an I/O thread); .handling: (remote, job) whose
 # handler this thread runs (its calls are made for that job: see Session.request).
-_local = threading.local()
+class _Local(threading.local):
+    ours = False
+    handling: tuple[Remote, Job] | None = None  # (a default: getattr() of a missing one costs ~1 µs)
+
+
+_local = _Local()
 
 
 # Events whose dispatch acts on the session only through _call (see _kick).
@@ -296,13 +301,13 @@ class Remote(CallerReads, Runners, RemoteBase):
     def _handling(self) -> tuple[tuple[Remote, Job] | None, Job | None]:
         """The connection and job whose handler runs on this thread, if any; and that
         job, if it is this connection's (its calls here lend its slot)."""
-        handling: tuple[Remote, Job] | None = getattr(_local, "handling", None)
+        handling: tuple[Remote, Job] | None = _local.handling
         return handling, handling[1] if handling is not None and handling[0] is self else None
 
     def _as_caller(self, wait: Callable[[], Any], id: Id) -> Any:
         """``wait()``: a wait for the answer to our call ``id``, counted as such when a
         handler waits (see ``_handler_waits``)."""
-        handling = getattr(_local, "handling", None)
+        handling = _local.handling
         if handling is None:
             return wait()
         _handler_waits(handling, self, True, (id,))
@@ -595,7 +600,7 @@ class Remote(CallerReads, Runners, RemoteBase):
             # driver, where they start at its first step). A plain function must have
             # finished first (an LSP didChange is applied before the completion after it).
             self._call(lambda s: s.started(job, monotonic()))
-        outer, _local.handling = getattr(_local, "handling", None), (self, job)  # (for its calls)
+        outer, _local.handling = _local.handling, (self, job)  # (for its calls)
         try:
             result = call_handler(handler, job.params, self, token)
             if handler.is_async or (type(result) not in PLAIN_RESULTS and inspect.isawaitable(result)):

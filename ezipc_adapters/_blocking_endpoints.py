@@ -370,7 +370,7 @@ class Server(ServerBase[Remote]):
                 return  # not serving
             self._loop.call_soon(self._begin_shutdown)
             ident = self._loop.ident
-        if wait and threading.get_ident() != ident and not getattr(_local, "ours", False):
+        if wait and threading.get_ident() != ident and not _local.ours:
             self._stopped.wait(timeout)
 
     terminate = shutdown
