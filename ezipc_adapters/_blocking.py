@@ -59,8 +59,10 @@ if TYPE_CHECKING:
 
 _LINGER = 2.0  # how long a closed connection reads on, for the peer's EOF (no reset)
 _HOOK_TIMEOUT = 10.0  # how long close() waits for the connection to end
-DEFER_COUNT = 8  # at most this many answers in a row are held back (see Remote._report)
-DEFER_LIMIT = 8 * 1024  # and at most this much of our output (as the async driver's chunks)
+DEFER_COUNT = 8  # at most this many handlers' outcomes are held back (see Remote._report)
+CORK_PENDING = 8  # a submit()'s request is held back only while more calls than this await answers
+CORK_COUNT = 16  # and at most this many in a row (see Remote.submit)
+CORK_LIMIT = 8 * 1024  # and at most this much of our output (as the async driver's chunks)
 # .ours: a thread of ours (a worker, or an I/O thread); .handling: (remote, job) whose
 # handler this thread runs (its calls are made for that job: see Session.request).
 class _Local(threading.local):
@@ -157,8 +159,8 @@ class Remote(CallerReads, Runners, RemoteBase):
         self._reporting = False  # a worker is applying the reports: the others need not
         self._paused = False  # the session said PAUSED: no reading until our output drains
         self._writing = False  # a thread sends, outside the lock (see _take_output_locked)
-        self._deferred = False  # answers are held back for the jobs after them (see _report)
-        self._held = 0  # how many times in a row
+        self._deferred = False  # our requests are held back (see submit)
+        self._held = 0  # how many in a row
         # Our handlers waiting for answers on other connections: job -> (there, call ids).
         self._elsewhere: dict[Job, tuple[Remote, Sequence[Id]]] = {}
         # A plain socket or pipe: whoever made output sends it outside the lock (see
@@ -244,8 +246,16 @@ class Remote(CallerReads, Runners, RemoteBase):
         never wait in them."""
         future = CallFuture(self, callback)
         job = self._handling()[1]  # (a handler's call: see Session.request)
-        future._id = self._call(
-            lambda s: s.request(method, params, now=monotonic(), timeout=timeout, waiter=future, job=job)
+        # While more than CORK_PENDING calls await answers and a caller reads for itself
+        # (the loop stands aside), the request is held back, CORK_COUNT at most, to go
+        # in one send() with the next ones (as Nagle's rule: the peer has work meanwhile).
+        # Written before a caller waits or reads (CallFuture._read, _collected), by any
+        # other call or notification, and by the loop's timer within GRACE (_give_back).
+        # A send per request was half of submit()'s time: 64 pipelined submits to the
+        # floor's server, 36-38k -> 53-58k calls/s (ezipc's server: 38-44k -> 50-53k).
+        future._id = self._kick(
+            lambda s: s.request(method, params, now=monotonic(), timeout=timeout, waiter=future, job=job),
+            hold=True,
         )
         if self._caller_may_read and callback is None and not self._aside:
             # Its result() will likely read the answer: the loop stands aside until then
@@ -367,11 +377,11 @@ class Remote(CallerReads, Runners, RemoteBase):
         many threads share a connection)."""
         return self._kick(action)
 
-    def _kick(self, action: Callable[[Any], Any] | None = None, defer: bool = False) -> Any:
+    def _kick(self, action: Callable[[Any], Any] | None = None, hold: bool = False) -> Any:
         """Do what the session says until it needs bytes or our output to drain; write
-        what it produced (``defer``: unless jobs wait to run, and it is small; see
-        ``_report``); keep the loop watching what it should. ``action(session)`` first,
-        if given (its result is returned)."""
+        what it produced (``hold``: unless many calls await answers, see ``submit``);
+        keep the loop watching what it should. ``action(session)`` first, if given (its
+        result is returned)."""
         session = self._session
         result = None
         while True:
@@ -401,12 +411,18 @@ class Remote(CallerReads, Runners, RemoteBase):
                         self._paused = True
                         break
                     events.append(ev)
-                if defer and self._jobs and self._held < DEFER_COUNT and session.output_size < DEFER_LIMIT:
+                if (
+                    hold
+                    and self._aside
+                    and self._held < CORK_COUNT
+                    and session.output_size < CORK_LIMIT
+                    and session.pending_calls > CORK_PENDING
+                ):
                     self._deferred = True
                     self._held += 1
                     out = b""
                 else:
-                    defer = False
+                    hold = False
                     out = self._take_output_locked()
                 at = session.get_timer()
                 schedule = at is not None and at < self._timer_at
@@ -438,23 +454,27 @@ class Remote(CallerReads, Runners, RemoteBase):
         a time applies all there are, in one turn of the lock (pipelined calls to the
         blocking server, measured interleaved: 18.5-21.9k -> 23.5-25.0k requests/s).
 
-        While more of this connection's jobs wait to run, the answer is held back (up to
-        DEFER_COUNT answers, DEFER_LIMIT bytes), to go in one write with the next ones:
-        a write per answer was a send() and a turn of the GIL each. It is written as
+        While more of this connection's jobs wait to run, the outcome is held back (up
+        to DEFER_COUNT of them), to be applied, and its answer written, with the next
+        ones: a write per answer was a send() and a turn of the GIL each, and a turn of
+        the lock per outcome cost more than the answer's own work. They are applied as
         soon as no job waits: before a runner runs the last one (which may block), reads
         or leaves; and by the check each RUNNER_GRACE while jobs wait (the handler
         running may block). The floor's client, 64 calls in flight, interleaved medians
-        of 6 runs: 46.4k -> 55.1k requests/s, the server's CPU 22 -> 19 µs a request
-        (4 answers at most: 55.9k; 16: 47.7k; every waiting job's: 37.4k, as the
-        client and server then take turns instead of overlapping)."""
+        of 6 runs, holding the answers' output back: 46.4k -> 55.1k requests/s, the
+        server's CPU 22 -> 19 µs a request (4 answers at most: 55.9k; 16: 47.7k; every
+        waiting job's: 37.4k, as the client and server then take turns instead of
+        overlapping). Holding the outcomes themselves, not just their output (a turn of the
+        lock per 8 answers, not per answer), with the thread-local's defaults: 36.4k ->
+        44.0k (interleaved medians of 6, in a slower phase of the machine)."""
         with self._reports_lock:
             self._reports.append(outcome)
-            if self._reporting:
-                return  # the worker applying them takes this one before it stops
+            if self._reporting or (self._jobs and len(self._reports) < DEFER_COUNT):
+                return  # the worker applying them takes this one before it stops; or held
             self._reporting = True
         try:
             while True:
-                self._kick(defer=True)  # (takes every report in the list)
+                self._kick()  # (takes every report in the list)
                 with self._reports_lock:
                     if not self._reports:  # (checked and given up in one turn: none is missed)
                         self._reporting = False
@@ -465,7 +485,8 @@ class Remote(CallerReads, Runners, RemoteBase):
             raise
 
     def _flush(self) -> None:
-        """Write the answers held back for the jobs after them (see ``_report``)."""
+        """Apply the outcomes held back for the jobs after them (see ``_report``), and
+        write their answers and the requests held back (see ``submit``)."""
         self._deferred = False
         self._kick()
 

@@ -181,6 +181,8 @@ class CallFuture(Future[Any]):
             if remote._aside:
                 remote._collected()
             return timeout
+        if remote._deferred:
+            remote._flush()  # (submits held back: see Remote.submit)
         if not remote._caller_may_read or threading.get_ident() == remote._loop.ident:
             return timeout
         deadline = None if timeout is None else monotonic() + timeout
@@ -196,6 +198,10 @@ class CallerReads:
     _stream: Stream
     _loop: Loop
     _ended: bool
+    _deferred: bool
+
+    def _flush(self) -> None:
+        raise NotImplementedError
 
     def _watch(self) -> None:
         raise NotImplementedError
@@ -244,6 +250,8 @@ class CallerReads:
             and self._caller_may_read
             and threading.get_ident() != self._loop.ident
         ):
+            if self._deferred:
+                self._flush()  # (as CallFuture._read)
             self._read_for(Peek(), now)
 
     def _read_for(
@@ -315,6 +323,8 @@ class CallerReads:
             else:
                 again = None
                 self._give_back_due = self._aside = False
+        if self._deferred:
+            self._flush()  # (submits held back at most GRACE: see Remote.submit)
         if again is not None:
             self._loop.call_at(again, self._give_back)
             return

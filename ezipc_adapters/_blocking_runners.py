@@ -60,7 +60,7 @@ class Runners:
     _caller_may_read: bool
     _caller_reading: Waiter | CallFuture | NextJob | Peek | None
     _ended: bool
-    _deferred: bool  # answers are held back for the jobs after them (see Remote._report)
+    _reports: list[Any]  # handlers' outcomes, some held back for the jobs after them (see Remote._report)
 
     def _submit(self, fn: Any, *args: Any) -> None:
         raise NotImplementedError
@@ -113,7 +113,7 @@ class Runners:
         (which may block, or wait for its peer): one more runner. Again in RUNNER_GRACE
         while jobs wait. Answers held back for the jobs after them are written (see
         ``Remote._report``): the handler running now may block."""
-        if self._deferred:
+        if self._reports:
             self._flush()
         with self._jobs_lock:
             self._check_due = bool(self._jobs) and not self._ended  # (ended: runners drain)
@@ -187,7 +187,7 @@ class Runners:
                 # Answers held back for the jobs after them (see Remote._report) are
                 # written once there are none: before this runner reads or leaves, and
                 # before it runs the last (which may block).
-                if self._deferred and not self._jobs:
+                if self._reports and not self._jobs:
                     self._flush()
                 with lock:
                     if busy:
@@ -213,7 +213,7 @@ class Runners:
                     with lock:
                         self._free -= 1
                 busy = True
-                if self._deferred and not self._jobs:
+                if self._reports and not self._jobs:
                     self._flush()
                 self._serve_one(*item)
         except BaseException:  # (SystemExit from a handler: answered, then raised)

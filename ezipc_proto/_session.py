@@ -455,6 +455,11 @@ class Session:
         return self._out_size
 
     @property
+    def pending_calls(self) -> int:
+        """How many of our requests await an answer."""
+        return len(self._calls)
+
+    @property
     def busy(self) -> bool:
         """Is anything in progress: a call awaiting, a job queued or running?"""
         return bool(self._calls or self._active or self._line or self._notice is not None)

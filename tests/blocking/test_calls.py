@@ -12,7 +12,7 @@ import pytest
 
 from ezipc_adapters.blocking import Client, ConnectionClosed, Remote, RemoteError, Server, connect
 
-from .conftest import raw_connect, serving, wait_for
+from .conftest import raw_connect, raw_server, serving, wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -358,6 +358,34 @@ def test_answers_arrive_when_nobody_reads_for_them() -> None:
         finished = threading.Event()
         remote.submit("twice", [21], callback=lambda f: (got.append(f.result()), finished.set()))
         assert finished.wait(5) and got == [42]
+
+
+@pytest.mark.parametrize("how", ["wait", "callback", "result"])
+def test_submits_held_back_while_many_calls_await_answers_reach_the_peer_promptly(how: str) -> None:
+    """While many calls await answers, a pipelining loop's submits are held back a few
+    at a time, to go in one write. None waits for the caller: 40 requests reach the
+    peer, in order, within moments, whether the caller then waits with
+    concurrent.futures.wait, relies on callbacks, or takes the first result (whose
+    answer the peer sends only once it has all 40)."""
+    import concurrent.futures
+
+    finished: list[Any] = []
+    with raw_server() as (address, accept), connect(address) as remote:
+        peer = accept()
+        callback = finished.append if how == "callback" else None
+        futures = [remote.submit("ping", [n], callback=callback) for n in range(40)]
+        started = time.monotonic()
+        got = [peer.receive(timeout=3) for _ in range(40)]
+        assert time.monotonic() - started < 2, "held back requests waited"
+        assert [message["params"] for message in got] == [[n] for n in range(40)]
+        peer.send(*({"jsonrpc": "2.0", "id": message["id"], "result": n} for n, message in enumerate(got)))
+        if how == "result":
+            assert [f.result(timeout=5) for f in futures] == list(range(40))
+        else:
+            assert not concurrent.futures.wait(futures, timeout=5).not_done
+            assert [f.result() for f in futures] == list(range(40))
+        if how == "callback":
+            wait_for(lambda: len(finished) == 40, 5)
 
 
 def test_a_thread_taking_settled_answers_reads_what_comes_meanwhile() -> None:

@@ -263,6 +263,24 @@ def test_error_answer_settles_with_remote_error() -> None:
     assert b.stats.errors == 1 and a.stats.errors == 0
 
 
+def test_pending_calls_counts_our_requests_until_each_ends() -> None:
+    link = Link()
+    a, b = link.a, link.b
+    assert a.pending_calls == 0
+    first = a.request("m", now=0, waiter=1)
+    a.request("m", now=0, waiter=2)
+    a.batch([("m", None, 3), ("m", None, 4)], [("n", None)], now=0)
+    assert a.pending_calls == 4 and b.pending_calls == 0
+    link.move(a)
+    jobs = [ev for ev in take(b) if type(ev) is Job and not ev.notification]
+    assert len(jobs) == 4
+    b.answer(jobs[0], "done", 0)
+    link.move(b)
+    assert [ev.waiter for ev in take(a)] == [1] and a.pending_calls == 3
+    a.cancel(first + 1, 0)
+    assert a.pending_calls == 2
+
+
 @pytest.mark.parametrize("debug", [False, True])
 def test_fail_with_another_exception_is_an_internal_error(
     debug: bool, caplog: pytest.LogCaptureFixture
