@@ -163,6 +163,8 @@ class CallFuture(Future[Any]):
             # waits on it, cancelled it or added a callback (each would have made it).
             quiet = "_condition" not in self.__dict__
             if quiet:
+                if self._state != PENDING:
+                    return  # (settled already: as set_result would refuse it)
                 self._result, self._exception = result, error
                 self._state = FINISHED  # (last: a reader that sees it sees the rest)
         if not quiet:

@@ -111,8 +111,9 @@ class Runners:
     def _check_runners(self, now: float) -> None:
         """If the oldest job has waited RUNNER_GRACE and every runner is inside a handler
         (which may block, or wait for its peer): one more runner. Again in RUNNER_GRACE
-        while jobs wait. Answers held back for the jobs after them are written (see
-        ``Remote._report``): the handler running now may block."""
+        while jobs wait. Handlers' outcomes held back for the jobs after them are applied
+        and their answers written (see ``Remote._report``): the handler running now may
+        block."""
         if self._reports:
             self._flush()
         with self._jobs_lock:
@@ -184,9 +185,9 @@ class Runners:
                 self._unstarted -= 1
         try:
             while True:
-                # Answers held back for the jobs after them (see Remote._report) are
-                # written once there are none: before this runner reads or leaves, and
-                # before it runs the last (which may block).
+                # Outcomes held back for the jobs after them (see Remote._report) are
+                # applied, and their answers written, once there are none: before this
+                # runner reads or leaves, and before it runs the last (which may block).
                 if self._reports and not self._jobs:
                     self._flush()
                 with lock:

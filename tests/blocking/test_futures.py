@@ -106,6 +106,7 @@ def test_a_future_settled_before_anyone_looked_behaves_as_a_plain_future() -> No
     ok, bad = CallFuture(remote, None), CallFuture(remote, None)  # type: ignore[arg-type]
     ok._settle(7, None)
     bad._settle(None, ValueError("no"))
+    ok._settle(8, None)  # (a second settle changes nothing, as set_result would refuse it)
     assert ok.done() and not ok.cancelled() and not ok.running()
     assert ok.result() == 7 and ok.exception() is None
     assert isinstance(bad.exception(), ValueError)
