@@ -185,6 +185,49 @@ def test_many_threads_share_one_remote_and_each_gets_its_own_answer() -> None:
         assert remote.stats.messages_in == 16 * 200
 
 
+def test_many_threads_pipelining_on_one_remote_each_get_their_answers() -> None:
+    """Eight threads each keep 32 calls in flight on one Remote, mixing the ways to take
+    an answer: requests held back by one thread go out with another's, or when any of
+    them waits, and every answer reaches its own future."""
+    import concurrent.futures
+
+    server = Server()
+    server.hook_request("echo", lambda value: value)
+    errors: list[Any] = []
+    with serving(server) as (address,), connect(address) as remote:
+
+        def work(k: int) -> None:
+            try:
+                window: list[tuple[str, Future[Any]]] = []
+                for i in range(300):
+                    value = f"{k}:{i}"
+                    window.append((value, remote.submit("echo", [value], timeout=10)))
+                    if len(window) == 32:
+                        if i % 3 == 0:  # (the others: result(), one after another)
+                            concurrent.futures.wait([f for _, f in window], timeout=10)
+                        for expected, future in window:
+                            if future.result(timeout=10) != expected:
+                                errors.append(expected)
+                        window.clear()
+                for expected, future in window:
+                    if future.result(timeout=10) != expected:
+                        errors.append(expected)
+            except Exception as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(25)
+        assert not any(t.is_alive() for t in threads)
+        assert not errors
+        assert time.monotonic() - started < 20
+        assert remote.stats.requests_pending == 0
+        assert remote.stats.messages_in == 8 * 300
+
+
 def test_submit_returns_futures_and_runs_callbacks_in_workers() -> None:
     server = Server()
     server.hook_request("add", lambda a, b: a + b)
