@@ -63,6 +63,8 @@ DEFER_COUNT = 8  # at most this many handlers' outcomes are held back (see Remot
 CORK_PENDING = 8  # a submit()'s request is held back only while more calls than this await answers
 CORK_COUNT = 16  # and at most this many in a row (see Remote.submit)
 CORK_LIMIT = 8 * 1024  # and at most this much of our output (as the async driver's chunks)
+
+
 # .ours: a thread of ours (a worker, or an I/O thread); .handling: (remote, job) whose
 # handler this thread runs (its calls are made for that job: see Session.request).
 class _Local(threading.local):

@@ -99,7 +99,12 @@ _CONDITION_MADE = threading.Lock()
 # What Future.__init__ sets (the same from Python 3.6 to 3.13): CallFuture sets it itself,
 # all but the condition; a Python whose Future sets more gets the plain __init__.
 _LAZY_CONDITION = set(vars(Future())) == {
-    "_condition", "_state", "_result", "_exception", "_waiters", "_done_callbacks"
+    "_condition",
+    "_state",
+    "_result",
+    "_exception",
+    "_waiters",
+    "_done_callbacks",
 }
 
 

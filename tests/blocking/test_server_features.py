@@ -175,6 +175,47 @@ def test_connections_leak_neither_descriptors_nor_threads() -> None:
         wait_for(lambda: threading.active_count() <= threads + 2)  # (pool workers may linger)
 
 
+def test_the_pool_makes_a_thread_only_when_its_tasks_outnumber_its_threads() -> None:
+    """A task submitted while another lingers (a runner reading for its connection's
+    next request) finds the thread that lingered once it is done: 200 rounds of that
+    need two threads. (From Python 3.12, ThreadPoolExecutor's own count made 11 here.)"""
+    import time
+
+    from ezipc_adapters._blocking_runners import Pool
+
+    pool = Pool(32, "test-pool", initializer=lambda: None)
+    try:
+        for _ in range(200):
+            pool.submit(time.sleep, 0.002)
+            time.sleep(0.001)
+            pool.submit(lambda: None)
+            time.sleep(0.004)
+        assert len(pool._threads) <= 3
+        assert wait_for(lambda: pool.tasks == 0) is None
+    finally:
+        pool.shutdown()
+
+
+def test_the_pool_gives_every_task_a_thread_while_it_may_make_one() -> None:
+    """After many tasks done one at a time, four tasks that wait for one another all
+    start. (Up to Python 3.11, ThreadPoolExecutor counted each task done as an idle
+    thread: the four waited in its queue behind the first.)"""
+    from ezipc_adapters._blocking_runners import Pool
+
+    pool = Pool(32, "test-pool", initializer=lambda: None)
+    try:
+        for n in range(20):
+            assert pool.submit(lambda n=n: n).result(timeout=5) == n
+        together = threading.Barrier(5, timeout=5)
+        futures = [pool.submit(together.wait) for _ in range(4)]
+        together.wait()
+        for future in futures:
+            future.result(timeout=5)
+        assert len(pool._threads) == 4
+    finally:
+        pool.shutdown()
+
+
 def test_idle_connections_hold_no_thread_and_dropping_them_all_is_quick() -> None:
     """One I/O thread serves every connection: 400 idle peers add no thread, and when
     they all go at once the server is done with them, and answers a new client, within
