@@ -198,8 +198,7 @@ def test_the_pool_makes_a_thread_only_when_its_tasks_outnumber_its_threads() -> 
 
 def test_the_pool_gives_every_task_a_thread_while_it_may_make_one() -> None:
     """After many tasks done one at a time, four tasks that wait for one another all
-    start. (Up to Python 3.11, ThreadPoolExecutor counted each task done as an idle
-    thread: the four waited in its queue behind the first.)"""
+    start: the pool's own count makes a thread for each."""
     from ezipc_adapters._blocking_runners import Pool
 
     pool = Pool(32, "test-pool", initializer=lambda: None)
