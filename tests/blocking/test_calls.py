@@ -160,29 +160,40 @@ def test_the_requests_read_with_one_whose_handler_raised_systemexit_still_run(ra
             assert json.loads(lines.readline()) == {"jsonrpc": "2.0", "id": 4, "result": "pong"}
 
 
-def test_many_threads_share_one_remote_and_each_gets_its_own_answer() -> None:
+def threads_on_one_remote(work: Any, threads: int, calls: int) -> None:
+    """``work(remote, k)`` in ``threads`` threads sharing one Remote to an ``echo``
+    server; each makes ``calls`` calls and returns the answers that were wrong. None may
+    be, nor raise; every answer is read."""
     server = Server()
     server.hook_request("echo", lambda value: value)
     errors: list[Any] = []
     with serving(server) as (address,), connect(address) as remote:
 
-        def work(k: int) -> None:
+        def run(k: int) -> None:
             try:
-                for i in range(200):
-                    value = f"{k}:{i}"
-                    if remote.request("echo", [value], timeout=10) != value:
-                        errors.append(value)
+                errors.extend(work(remote, k))
             except Exception as exc:  # reported below
                 errors.append(exc)
 
-        threads = [threading.Thread(target=work, args=(k,)) for k in range(16)]
-        for t in threads:
+        started = time.monotonic()
+        running = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
+        for t in running:
             t.start()
-        for t in threads:
-            t.join(20)
+        for t in running:
+            t.join(25)
+        assert not any(t.is_alive() for t in running)
+        assert time.monotonic() - started < 20
         assert not errors
         assert remote.stats.requests_pending == 0
-        assert remote.stats.messages_in == 16 * 200
+        assert remote.stats.messages_in == threads * calls
+
+
+def test_many_threads_share_one_remote_and_each_gets_its_own_answer() -> None:
+    def work(remote: Remote, k: int) -> list[str]:
+        values = [f"{k}:{i}" for i in range(200)]
+        return [value for value in values if remote.request("echo", [value], timeout=10) != value]
+
+    threads_on_one_remote(work, 16, 200)
 
 
 def test_many_threads_pipelining_on_one_remote_each_get_their_answers() -> None:
@@ -191,41 +202,20 @@ def test_many_threads_pipelining_on_one_remote_each_get_their_answers() -> None:
     them waits, and every answer reaches its own future."""
     import concurrent.futures
 
-    server = Server()
-    server.hook_request("echo", lambda value: value)
-    errors: list[Any] = []
-    with serving(server) as (address,), connect(address) as remote:
+    def work(remote: Remote, k: int) -> list[str]:
+        wrong: list[str] = []
+        window: list[tuple[str, Future[Any]]] = []
+        for i in range(300):
+            value = f"{k}:{i}"
+            window.append((value, remote.submit("echo", [value], timeout=10)))
+            if len(window) == 32 or i == 299:
+                if i % 3 == 0:  # (the others: result(), one after another)
+                    concurrent.futures.wait([f for _, f in window], timeout=10)
+                wrong += [expected for expected, future in window if future.result(timeout=10) != expected]
+                window.clear()
+        return wrong
 
-        def work(k: int) -> None:
-            try:
-                window: list[tuple[str, Future[Any]]] = []
-                for i in range(300):
-                    value = f"{k}:{i}"
-                    window.append((value, remote.submit("echo", [value], timeout=10)))
-                    if len(window) == 32:
-                        if i % 3 == 0:  # (the others: result(), one after another)
-                            concurrent.futures.wait([f for _, f in window], timeout=10)
-                        for expected, future in window:
-                            if future.result(timeout=10) != expected:
-                                errors.append(expected)
-                        window.clear()
-                for expected, future in window:
-                    if future.result(timeout=10) != expected:
-                        errors.append(expected)
-            except Exception as exc:  # reported below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
-        started = time.monotonic()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(25)
-        assert not any(t.is_alive() for t in threads)
-        assert not errors
-        assert time.monotonic() - started < 20
-        assert remote.stats.requests_pending == 0
-        assert remote.stats.messages_in == 8 * 300
+    threads_on_one_remote(work, 8, 300)
 
 
 def test_submit_returns_futures_and_runs_callbacks_in_workers() -> None:
