@@ -162,7 +162,7 @@ class Remote(CallerReads, Runners, RemoteBase):
         self._paused = False  # the session said PAUSED: no reading until our output drains
         self._writing = False  # a thread sends, outside the lock (see _take_output_locked)
         self._deferred = False  # our requests are held back (see submit)
-        self._held = 0  # how many in a row
+        self._held = 0  # how many in a row (see submit)
         # Our handlers waiting for answers on other connections: job -> (there, call ids).
         self._elsewhere: dict[Job, tuple[Remote, Sequence[Id]]] = {}
         # A plain socket or pipe: whoever made output sends it outside the lock (see
