@@ -25,6 +25,7 @@ from __future__ import annotations
 import inspect
 import math
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from types import TracebackType
@@ -157,7 +158,7 @@ class Remote(CallerReads, Runners, RemoteBase):
         self._lock = threading.Lock()  # the session, and the stream's writing side
         # Handlers' outcomes, (job, result, exception), wait here for whoever next holds
         # the lock (see _report).
-        self._reports: list[tuple[Job, Any, BaseException | None]] = []
+        self._reports: deque[tuple[Job, Any, BaseException | None]] = deque()
         self._reports_lock = threading.Lock()
         self._reporting = False  # a worker is applying the reports: the others need not
         self._paused = False  # the session said PAUSED: no reading until our output drains
@@ -212,8 +213,9 @@ class Remote(CallerReads, Runners, RemoteBase):
                 "use submit(), or call from another thread"
             )
         waiter = Waiter()
-        handling, job = self._handling()  # (a handler's call: see Session.request)
-        id = self._call(
+        handling = _local.handling  # (a handler's call: see Session.request; _handling() inline)
+        job = handling[1] if handling is not None and handling[0] is self else None
+        id = self._kick(
             lambda s: s.request(method, params, now=monotonic(), timeout=timeout, waiter=waiter, job=job)
         )
         if handling is not None:
@@ -221,7 +223,8 @@ class Remote(CallerReads, Runners, RemoteBase):
         try:
             if self._caller_may_read:
                 self._read_for(waiter)
-            acquire(waiter.lock)
+            if not waiter.done:  # (most often it is: the caller read its answer itself)
+                acquire(waiter.lock)
         except BaseException:
             self._cancel(id)
             raise
@@ -390,11 +393,13 @@ class Remote(CallerReads, Runners, RemoteBase):
         result = None
         while True:
             with self._lock:
-                if self._reports:
-                    with self._reports_lock:
-                        reports, self._reports = self._reports, []
+                reports = self._reports
+                if reports:
+                    # (Taken one by one, as a deque's popleft() is atomic: no turn of the
+                    # reports' lock; one another thread adds meanwhile is taken too.)
                     now = monotonic()
-                    for job, value, failure in reports:
+                    while reports:
+                        job, value, failure = reports.popleft()
                         try:
                             if failure is None:
                                 session.answer(job, value, now)
@@ -710,23 +715,26 @@ class Remote(CallerReads, Runners, RemoteBase):
     def _on_readable(self) -> None:
         if self._ended:
             return
+        # The read, and what the session makes of it, in one turn of the lock.
+        self._kick(self._read_locked)
         session = self._session
-        with self._lock:
-            if not session.reading or self._paused:
-                return
-            try:
-                data = self._stream.recv()
-            except OSError:  # reset or closed under us: nobody reads our answers now
-                self._lost = True
-                session.close("connection lost", monotonic(), abort=True)
-            else:
-                if data is not None:
-                    session.receive_data(data, monotonic())
-        self._kick()
         if self._rereads and session.reading and not self._paused:
             stream = self._stream
             if stream.buffered() or not stream.selectable:
                 self._loop.call_soon(self._on_readable)  # (no readiness will tell of it)
+
+    def _read_locked(self, session: Any) -> None:
+        """Feed the session what the stream has now (under the lock)."""
+        if not session.reading or self._paused:
+            return
+        try:
+            data = self._stream.recv()
+        except OSError:  # reset or closed under us: nobody reads our answers now
+            self._lost = True
+            session.close("connection lost", monotonic(), abort=True)
+        else:
+            if data is not None:
+                session.receive_data(data, monotonic())
 
     def _on_writable(self) -> None:
         if self._ended:

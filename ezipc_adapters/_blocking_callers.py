@@ -321,7 +321,8 @@ class CallerReads:
                 self._poller.register(self._stream.rfd, select.POLLIN)
                 self._poller.register(self._wake_pipe[0], select.POLLIN)
             wake_r, poller = self._wake_pipe[0], self._poller  # type: ignore[index]
-            self._watch_locked()  # the loop stops reading this socket
+            if not self._aside:  # (aside, the loop does not read it already)
+                self._watch_locked()  # the loop stops reading this socket
         waiter.wake = self._wake_reader
         cap = signal_cap()  # (see SIGNAL_CHECK)
         try:

@@ -98,7 +98,7 @@ class Runners:
     _caller_may_read: bool
     _caller_reading: Waiter | CallFuture | NextJob | Peek | None
     _ended: bool
-    _reports: list[Any]  # handlers' outcomes, some held back for the jobs after them (see Remote._report)
+    _reports: deque[Any]  # handlers' outcomes, some held back for the jobs after them (see Remote._report)
 
     def _submit(self, fn: Any, *args: Any) -> None:
         raise NotImplementedError
