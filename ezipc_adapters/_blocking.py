@@ -464,7 +464,7 @@ class Remote(CallerReads, Runners, RemoteBase):
         """Tell the session a handler's outcome: ``result``, or ``failure`` if not None.
         Many workers finishing at once would queue on the connection's lock, each waiting
         for the others' turns (and for the GIL between them): instead each leaves its
-        outcome in a list, and one of them at a time applies all there are, in one turn
+        outcome in a queue, and one of them at a time applies all there are, in one turn
         of the lock (pipelined calls to the blocking server, measured interleaved:
         18.5-21.9k -> 23.5-25.0k requests/s). An outcome is a tuple, not a closure, and
         those applied together share one reading of the clock.
