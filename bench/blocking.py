@@ -4,6 +4,7 @@
     python bench/blocking.py            # about a minute
     python bench/blocking.py --quick    # about 20 s
     python bench/blocking.py --profile client|server|floor   # cProfile one side's hot path
+    python bench/blocking.py --bytecodes client|server       # bytecodes per request, by function
 
 Every server runs in a child process, on loopback TCP, NDJSON. The floor is
 ``../shared/bench/impls/floor_blocking.py``: bare blocking sockets, ``json``, newline
@@ -29,6 +30,12 @@ Rows:
   the protocol core costs, ``ezipc / bound`` what the driver adds. Sequential ``add``
   both sides on the session, and each side against the floor's other side; pipelined,
   each side against the floor's other side (ezipc's too).
+
+``--bytecodes`` counts the Python bytecodes one side runs per request (sequential ``add``,
+then 64 in flight), by function, with the floor as the other side: a measure of what the
+code does that this machine's noise does not move (the same code gives the same count
+within about 1%), for comparing two versions of a hot path. Tracing slows the code
+down about 30 times, so the driver's 1 ms timers are stretched as much meanwhile.
 
 Ratios compare medians of interleaved repeats (floor, ezipc, floor, ezipc, ...), since
 loopback numbers on a shared 2-core machine move 10-30% between runs. Target from the
@@ -433,12 +440,106 @@ def profile(side: str, n: int) -> None:
     report(stats, "ezipc's server", n + 200)
 
 
+def bytecodes(side: str, n: int) -> None:
+    """Count the bytecodes ``side`` (ezipc's server or client) runs per request, by
+    function: ``n`` sequential ``add`` calls, then ``n`` with 64 in flight, the floor as
+    the other side (see the module's docstring)."""
+    import ezipc_adapters._blocking_callers as callers
+    import ezipc_adapters._blocking_runners as runners
+
+    # Tracing makes every step ~30x slower: so are the timers that decide who reads.
+    callers.GRACE *= 30
+    runners.RUNNER_GRACE *= 30
+    runners.WORKER_GRACE *= 30
+    counts: collections.Counter[str] = collections.Counter()
+    counting = threading.Event()
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        frame.f_trace_lines = False
+        code = frame.f_code
+        where = f"{os.path.basename(code.co_filename)}:{code.co_name}"
+
+        def step(frame: Any, event: str, arg: Any) -> Any:
+            if event == "opcode" and counting.is_set():
+                counts[where] += 1
+            return step
+
+        return step
+
+    threading.settrace(tracer)  # (every thread started from now on: the I/O thread, workers)
+    for inflight in (1, 64):
+        counts.clear()
+        seq_n, pipe_n = (n, 0) if inflight == 1 else (1, n)
+        if side == "server":
+            from ezipc_adapters.blocking import Server
+
+            server = Server(framing="ndjson")
+            server.hook_request("add", lambda a, b: a + b)
+            port = int(server.serve_in_thread("tcp://127.0.0.1:0")[0].rsplit(":", 1)[1])
+            # The floor's client in a child: it waits for a line before and after its calls.
+            code = (f"import sys; sys.path.insert(0, {os.path.dirname(HERE)!r}); import blocking as b; "
+                    f"b.floor_client({port}, 'add', 20, 0, 1); print(flush=True); sys.stdin.readline(); "
+                    f"b.floor_client({port}, 'add', {seq_n}, {pipe_n}, {inflight}); print(flush=True); "
+                    "sys.stdin.readline()")
+            child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+            assert child.stdin is not None and child.stdout is not None
+            child.stdout.readline()
+            counting.set()
+            child.stdin.write("\n")
+            child.stdin.flush()
+            child.stdout.readline()
+            counting.clear()
+            child.stdin.write("\n")
+            child.stdin.close()
+            child.wait()
+            server.shutdown()
+            requests = n + 200  # (floor_client's own warm-up comes first)
+        else:
+            floor = Child("floor")
+            try:
+                ezipc_client(floor.port, "add", 20, 0, 1)
+                counting.set()
+                sys.settrace(tracer)
+                ezipc_client(floor.port, "add", seq_n, pipe_n, inflight)
+                sys.settrace(None)
+                counting.clear()
+            finally:
+                floor.stop()
+            requests = n + 200 + (1 if inflight > 1 else 0)  # (ezipc_client's warm-up too)
+        total = sum(counts.values())
+        mine = collections.Counter({"ezipc_proto": 0, "ezipc_adapters": 0})
+        for where, count in counts.items():
+            module = where.split(":")[0]
+            if module in _PROTO_MODULES:
+                mine["ezipc_proto"] += count
+            elif module in _ADAPTER_MODULES:
+                mine["ezipc_adapters"] += count
+        print(f"ezipc's {side}, {'one call at a time' if inflight == 1 else '64 in flight'}: "
+              f"{total / requests:.0f} bytecodes per request (the core {mine['ezipc_proto'] / requests:.0f}, "
+              f"the driver {mine['ezipc_adapters'] / requests:.0f})")
+        for where, count in counts.most_common(20):
+            print(f"  {count / requests:7.1f}  {where}")
+    threading.settrace(None)  # type: ignore[arg-type]
+
+
+def _modules(package: str) -> frozenset[str]:
+    root = os.path.join(os.path.dirname(os.path.dirname(HERE)), package)
+    return frozenset(name for name in os.listdir(root) if name.endswith(".py"))
+
+
+_PROTO_MODULES = _modules("ezipc_proto")
+_ADAPTER_MODULES = _modules("ezipc_adapters")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeat", type=int, default=None)
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     ap.add_argument("--profile", choices=("client", "server", "floor"))
+    ap.add_argument("--bytecodes", choices=("client", "server"))
     ap.add_argument("--json", action="store_true", help="also print the raw medians as JSON")
     args = ap.parse_args()
     if args.serve:
@@ -447,6 +548,9 @@ def main() -> None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
     if args.profile:
         profile(args.profile, 3000 if args.quick else 10000)
+        return
+    if args.bytecodes:
+        bytecodes(args.bytecodes, 500 if args.quick else 2000)
         return
     repeat = args.repeat or (3 if args.quick else 5)
     seq_n = 1000 if args.quick else 3000
