@@ -213,8 +213,7 @@ class Remote(CallerReads, Runners, RemoteBase):
                 "use submit(), or call from another thread"
             )
         waiter = Waiter()
-        handling = _local.handling  # (a handler's call: see Session.request; _handling() inline)
-        job = handling[1] if handling is not None and handling[0] is self else None
+        handling, job = self._handling()  # (a handler's call: see Session.request)
         id = self._kick(
             lambda s: s.request(method, params, now=monotonic(), timeout=timeout, waiter=waiter, job=job)
         )
@@ -251,8 +250,7 @@ class Remote(CallerReads, Runners, RemoteBase):
         thread that completes the future (often the I/O thread): keep them short and
         never wait in them."""
         future = CallFuture(self, callback)
-        handling = _local.handling  # (a handler's call: see Session.request; _handling() inline)
-        job = handling[1] if handling is not None and handling[0] is self else None
+        job = self._handling()[1]  # (a handler's call: see Session.request)
         # While more than CORK_PENDING calls await answers and a caller reads for itself
         # (the loop stands aside), the request is held back, CORK_COUNT at most, to go
         # in one send() with the next ones (as Nagle's rule: the peer has work meanwhile).
